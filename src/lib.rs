@@ -1,0 +1,21 @@
+//! Plaza: a selective forwarding unit for group video calls.
+//!
+//! The module map, packet path first:
+//! - [`forward`]: the forwarding core. No I/O: which consumer gets which packet, sequence and
+//!   timestamp rewriting, keyframe gating and request throttling.
+//! - [`rtc`]: the only module that touches webrtc-rs: the shared UDP mux, peer connections,
+//!   ingest (track → our packets) and egress (our packets → track), RTCP feedback.
+//! - [`room`]: one task per room owns its members and its [`forward::Router`]; the registry
+//!   maps room names to their tasks.
+//! - [`signal`]: the WebSocket protocol (`protocol`) and one session per connection, which drives
+//!   the participant's peer connection and negotiation.
+//! - [`server`]: HTTP (static client, `/healthz`, signalling, `/metrics`) and `run`.
+//! - [`config`] and [`metrics`]: one typed configuration tree; every Prometheus collector.
+
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod room;
+pub mod rtc;
+pub mod server;
+pub mod signal;

@@ -1,0 +1,83 @@
+//! The `plaza` binary: command line → configuration → logging → server, until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use plaza::config::Config;
+
+/// Plaza: a selective forwarding unit for group video calls.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (TOML). Defaults: config/default.toml's values, built in.
+    #[arg(long, short, env = "PLAZA_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP listen address (http.listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The shared media UDP port (rtc.udp_port); 0 picks a free one.
+    #[arg(long)]
+    udp_port: Option<u16>,
+    /// Address to advertise in ICE candidates (rtc.advertise_ips); repeat for several.
+    #[arg(long = "advertise-ip")]
+    advertise_ips: Vec<String>,
+    /// Log filter (log.level), e.g. info or plaza=debug.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref(), std::env::vars())?;
+    if let Some(listen) = cli.listen {
+        config.http.listen = listen;
+    }
+    if let Some(port) = cli.udp_port {
+        config.rtc.udp_port = port;
+    }
+    if !cli.advertise_ips.is_empty() {
+        config.rtc.advertise_ips = cli.advertise_ips;
+    }
+    if let Some(level) = cli.log_level {
+        config.log.level = level;
+    }
+    config.validate()?;
+    init_logging(&config);
+
+    let running = plaza::server::start(config, shutdown_signal())
+        .await
+        .context("starting plaza")?;
+    running.done.await??;
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

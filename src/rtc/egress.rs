@@ -1,0 +1,89 @@
+//! Egress: one task per subscriber drains its bounded queue of forwarded packets and writes
+//! each onto the outgoing track it belongs to. Tracks are added and removed through a control
+//! channel that is always read first, so a track is registered before its first packet.
+
+use std::collections::HashMap;
+
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use super::EgressWriter;
+use crate::forward::{MediaKind, RtpPacket, TrackId};
+use crate::metrics::{Metrics, TaskGuard};
+
+/// One packet on its way out to a subscriber's copy of `track`.
+pub struct EgressItem {
+    pub track: TrackId,
+    pub kind: MediaKind,
+    pub packet: RtpPacket,
+}
+
+pub enum EgressControl {
+    Add(TrackId, EgressWriter),
+    Remove(TrackId),
+}
+
+const BATCH: usize = 64;
+
+/// Counters resolved once: label lookups hash strings, which the packet path should not.
+struct OutCounters {
+    packets: [IntCounter; 2],
+    bytes: [IntCounter; 2],
+    unbound: IntCounter,
+}
+
+impl OutCounters {
+    fn new(m: &Metrics) -> Self {
+        let kinds = [MediaKind::Audio.as_str(), MediaKind::Video.as_str()];
+        OutCounters {
+            packets: kinds.map(|k| m.rtp_packets.with_label_values(&["out", k])),
+            bytes: kinds.map(|k| m.rtp_bytes.with_label_values(&["out", k])),
+            unbound: m.dropped_packets.with_label_values(&["not_bound"]),
+        }
+    }
+}
+
+/// Runs until the packet queue closes (the subscriber left the room) or the control channel
+/// closes (its session ended).
+pub fn spawn_egress(
+    mut packets: mpsc::Receiver<EgressItem>,
+    mut control: mpsc::UnboundedReceiver<EgressControl>,
+    metrics: &Metrics,
+    guard: TaskGuard,
+) {
+    let counters = OutCounters::new(metrics);
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut writers: HashMap<TrackId, EgressWriter> = HashMap::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                c = control.recv() => match c {
+                    Some(EgressControl::Add(track, writer)) => { writers.insert(track, writer); }
+                    Some(EgressControl::Remove(track)) => { writers.remove(&track); }
+                    None => break,
+                },
+                n = packets.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for item in batch.drain(..) {
+                        let Some(writer) = writers.get(&item.track) else {
+                            counters.unbound.inc();
+                            continue;
+                        };
+                        let written = writer.write(&item.packet).await;
+                        let k = item.kind as usize;
+                        if written == 0 {
+                            counters.unbound.inc();
+                        } else {
+                            counters.packets[k].inc();
+                            counters.bytes[k].inc_by(item.packet.wire_size() as u64);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}

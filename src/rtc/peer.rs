@@ -1,0 +1,478 @@
+//! One peer connection: setup from the engine's shared settings, offer/answer, candidates,
+//! incoming tracks (ingest), outgoing tracks (egress) and their RTCP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+use webrtc::track::track_remote::TrackRemote;
+
+use super::{RtcEngine, RtcError};
+use crate::forward::{MediaKind, RtpPacket};
+use crate::metrics::{Metrics, TaskGuard};
+
+/// An ICE candidate as the browser's `RTCIceCandidateInit` dictionary spells it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+/// A codec as negotiated for a track: what a subscriber's copy must be declared with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodecSpec {
+    pub mime_type: String,
+    pub clock_rate: u32,
+    pub channels: u16,
+    pub fmtp: String,
+    rtcp_feedback: Vec<(String, String)>,
+}
+
+/// What happens on a peer connection, delivered in order to its owner.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A local candidate to trickle; `None` once gathering is complete.
+    LocalCandidate(Option<IceCandidate>),
+    State(PeerState),
+    /// Media started arriving on the transceiver with this mid.
+    Track(IncomingTrack),
+}
+
+/// Feedback from a subscriber about one of our outgoing tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    Pli,
+    Fir,
+    Nack,
+}
+
+/// A published track that started arriving: call [`IncomingTrack::start_ingest`] to read it.
+pub struct IncomingTrack {
+    pub mid: String,
+    pub kind: MediaKind,
+    pub ssrc: u32,
+    pub codec: CodecSpec,
+    remote: Arc<TrackRemote>,
+    receiver: Arc<webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver>,
+}
+
+impl std::fmt::Debug for IncomingTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingTrack")
+            .field("mid", &self.mid)
+            .field("kind", &self.kind)
+            .field("ssrc", &self.ssrc)
+            .field("codec", &self.codec.mime_type)
+            .finish()
+    }
+}
+
+impl IncomingTrack {
+    /// Reads RTP until the track ends, handing each packet to `sink` (which returns false to
+    /// stop). Also drains the receiver's RTCP, without which the interceptors that build
+    /// receiver reports and NACKs never see the publisher's sender reports.
+    pub fn start_ingest<F>(self, mut sink: F, guards: (TaskGuard, TaskGuard))
+    where
+        F: FnMut(RtpPacket) -> bool + Send + 'static,
+    {
+        let (rtp_guard, rtcp_guard) = guards;
+        let remote = self.remote;
+        tokio::spawn(async move {
+            let _guard = rtp_guard;
+            while let Ok((packet, _)) = remote.read_rtp().await {
+                let h = packet.header;
+                let ours = RtpPacket {
+                    payload_type: h.payload_type,
+                    sequence_number: h.sequence_number,
+                    timestamp: h.timestamp,
+                    ssrc: h.ssrc,
+                    marker: h.marker,
+                    payload: packet.payload,
+                };
+                if !sink(ours) {
+                    break;
+                }
+            }
+        });
+        let receiver = self.receiver;
+        tokio::spawn(async move {
+            let _guard = rtcp_guard;
+            while receiver.read_rtcp().await.is_ok() {}
+        });
+    }
+}
+
+/// A recvonly transceiver we offered for a participant to publish on.
+#[derive(Clone)]
+pub struct IncomingSlot {
+    transceiver: Arc<RTCRtpTransceiver>,
+}
+
+impl IncomingSlot {
+    /// Known once an offer including it has been created.
+    pub fn mid(&self) -> Option<String> {
+        self.transceiver.mid().map(|m| m.to_string())
+    }
+}
+
+/// One subscriber's copy of a published track, sent on this peer connection.
+#[derive(Clone)]
+pub struct OutgoingTrack {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<RTCRtpSender>,
+    transceiver: Arc<RTCRtpTransceiver>,
+}
+
+impl OutgoingTrack {
+    pub fn mid(&self) -> Option<String> {
+        self.transceiver.mid().map(|m| m.to_string())
+    }
+
+    pub fn writer(&self) -> EgressWriter {
+        EgressWriter {
+            track: self.track.clone(),
+        }
+    }
+}
+
+/// Writes our packets onto one outgoing track; webrtc-rs sets the subscriber's SSRC and
+/// payload type, then the interceptors (NACK buffer, sender reports) and SRTP take over.
+#[derive(Clone)]
+pub struct EgressWriter {
+    track: Arc<TrackLocalStaticRTP>,
+}
+
+impl EgressWriter {
+    /// Returns the bytes written, 0 when the track is not bound (yet or any more).
+    pub async fn write(&self, packet: &RtpPacket) -> usize {
+        let rtp = webrtc::rtp::packet::Packet {
+            header: webrtc::rtp::header::Header {
+                version: 2,
+                marker: packet.marker,
+                payload_type: packet.payload_type,
+                sequence_number: packet.sequence_number,
+                timestamp: packet.timestamp,
+                ssrc: packet.ssrc,
+                ..Default::default()
+            },
+            payload: packet.payload.clone(),
+        };
+        // A closed binding (the subscriber left mid-write) is not an error worth reporting:
+        // forwarding to the other bindings goes on regardless.
+        self.track.write_rtp(&rtp).await.unwrap_or(0)
+    }
+}
+
+/// One participant's peer connection. Dropping it without [`Peer::close`] leaks webrtc-rs
+/// tasks until they notice; owners always close.
+pub struct Peer {
+    pc: Arc<RTCPeerConnection>,
+    metrics: Metrics,
+    _counted: PeerCounted,
+}
+
+struct PeerCounted(Metrics);
+
+impl Drop for PeerCounted {
+    fn drop(&mut self) {
+        self.0.peer_connections.dec();
+    }
+}
+
+impl RtcEngine {
+    /// Builds a peer connection whose events go to `events`.
+    pub async fn new_peer(
+        &self,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Result<Peer, RtcError> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+
+        let mut settings = SettingEngine::default();
+        settings.set_udp_network(self.udp_network());
+        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        settings.set_ice_timeouts(
+            Some(self.ice_disconnected),
+            Some(self.ice_failed),
+            Some(Duration::from_secs(2)),
+        );
+        let mut network_types = vec![NetworkType::Udp4];
+        if self.udp_addr.is_ipv6() {
+            network_types.push(NetworkType::Udp6);
+        }
+        settings.set_network_types(network_types);
+        settings.set_include_loopback_candidate(true);
+        if !self.advertise_ips.is_empty() {
+            // Advertise exactly the configured addresses: gather from loopback only (present
+            // on every host) and map it 1:1, so each address appears once, whatever
+            // interfaces the host or container has.
+            settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+            settings.set_nat_1to1_ips(self.advertise_ips.clone(), RTCIceCandidateType::Host);
+        }
+
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .build();
+        let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+        self.metrics.peer_connections.inc();
+        let counted = PeerCounted(self.metrics.clone());
+
+        let tx = events.clone();
+        pc.on_ice_candidate(Box::new(move |candidate| {
+            let event = match candidate.map(|c| c.to_json()) {
+                Some(Ok(init)) => PeerEvent::LocalCandidate(Some(IceCandidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_m_line_index: init.sdp_mline_index,
+                    username_fragment: init.username_fragment,
+                })),
+                Some(Err(_)) => return Box::pin(async {}),
+                None => PeerEvent::LocalCandidate(None),
+            };
+            let _ = tx.send(event);
+            Box::pin(async {})
+        }));
+        let tx = events.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            let state = match state {
+                RTCPeerConnectionState::Connected => Some(PeerState::Connected),
+                RTCPeerConnectionState::Disconnected => Some(PeerState::Disconnected),
+                RTCPeerConnectionState::Failed => Some(PeerState::Failed),
+                RTCPeerConnectionState::Closed => Some(PeerState::Closed),
+                RTCPeerConnectionState::Connecting => Some(PeerState::Connecting),
+                _ => None,
+            };
+            if let Some(state) = state {
+                let _ = tx.send(PeerEvent::State(state));
+            }
+            Box::pin(async {})
+        }));
+        let tx = events;
+        pc.on_track(Box::new(move |remote, receiver, transceiver| {
+            let codec = remote.codec().capability;
+            let track = IncomingTrack {
+                mid: transceiver.mid().map(|m| m.to_string()).unwrap_or_default(),
+                kind: match remote.kind() {
+                    RTPCodecType::Audio => MediaKind::Audio,
+                    _ => MediaKind::Video,
+                },
+                ssrc: remote.ssrc(),
+                codec: CodecSpec {
+                    mime_type: codec.mime_type,
+                    clock_rate: codec.clock_rate,
+                    channels: codec.channels,
+                    fmtp: codec.sdp_fmtp_line,
+                    rtcp_feedback: codec
+                        .rtcp_feedback
+                        .into_iter()
+                        .map(|f| (f.typ, f.parameter))
+                        .collect(),
+                },
+                remote,
+                receiver,
+            };
+            let _ = tx.send(PeerEvent::Track(track));
+            Box::pin(async {})
+        }));
+
+        Ok(Peer {
+            pc,
+            metrics: self.metrics.clone(),
+            _counted: counted,
+        })
+    }
+}
+
+impl Peer {
+    /// Offers a recvonly transceiver for the participant to publish one track on.
+    pub async fn add_incoming(&self, kind: MediaKind) -> Result<IncomingSlot, RtcError> {
+        let transceiver = self
+            .pc
+            .add_transceiver_from_kind(
+                codec_type(kind),
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        Ok(IncomingSlot { transceiver })
+    }
+
+    /// Stops receiving on a slot: the next offer marks it inactive.
+    pub async fn stop_incoming(&self, slot: &IncomingSlot) {
+        slot.transceiver
+            .set_direction(RTCRtpTransceiverDirection::Inactive)
+            .await;
+    }
+
+    /// Adds a sendonly track carrying a copy of someone's published track. Its RTCP is drained
+    /// in a task that reports keyframe requests and NACKs to `feedback` until the track ends.
+    pub async fn add_outgoing<F>(
+        &self,
+        track_id: String,
+        stream_id: String,
+        kind: MediaKind,
+        codec: &CodecSpec,
+        mut feedback: F,
+        guard: TaskGuard,
+    ) -> Result<OutgoingTrack, RtcError>
+    where
+        F: FnMut(Feedback) + Send + 'static,
+    {
+        let capability = RTCRtpCodecCapability {
+            mime_type: codec.mime_type.clone(),
+            clock_rate: codec.clock_rate,
+            channels: codec.channels,
+            sdp_fmtp_line: codec.fmtp.clone(),
+            rtcp_feedback: codec
+                .rtcp_feedback
+                .iter()
+                .map(|(typ, parameter)| RTCPFeedback {
+                    typ: typ.clone(),
+                    parameter: parameter.clone(),
+                })
+                .collect(),
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(capability, track_id, stream_id));
+        debug_assert_eq!(codec_type(kind), track.kind());
+        let transceiver = self
+            .pc
+            .add_transceiver_from_track(
+                track.clone() as Arc<dyn TrackLocal + Send + Sync>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        let sender = transceiver.sender().await;
+        let rtcp_sender = sender.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            while let Ok((packets, _)) = rtcp_sender.read_rtcp().await {
+                for packet in packets {
+                    let any = packet.as_any();
+                    if any.is::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>() {
+                        feedback(Feedback::Pli);
+                    } else if any.is::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>() {
+                        feedback(Feedback::Fir);
+                    } else if any.is::<rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
+                        feedback(Feedback::Nack);
+                    }
+                }
+            }
+        });
+        Ok(OutgoingTrack {
+            track,
+            sender,
+            transceiver,
+        })
+    }
+
+    /// Stops sending a track; the next offer marks its transceiver inactive.
+    pub async fn remove_outgoing(&self, track: &OutgoingTrack) {
+        if let Err(e) = self.pc.remove_track(&track.sender).await {
+            tracing::debug!(error = %e, "remove_track");
+        }
+    }
+
+    /// Creates an offer and applies it locally; returns its SDP.
+    pub async fn create_offer(&self) -> Result<String, RtcError> {
+        let offer = self.pc.create_offer(None).await?;
+        let sdp = offer.sdp.clone();
+        self.pc.set_local_description(offer).await?;
+        Ok(sdp)
+    }
+
+    /// Applies the remote answer to our last offer.
+    pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let answer = RTCSessionDescription::answer(sdp)
+            .map_err(|e| RtcError::BadDescription(e.to_string()))?;
+        self.pc
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| RtcError::BadDescription(e.to_string()))
+    }
+
+    pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
+        self.pc
+            .add_ice_candidate(RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_m_line_index,
+                username_fragment: c.username_fragment,
+            })
+            .await
+            .map_err(|e| RtcError::BadCandidate(e.to_string()))
+    }
+
+    /// Asks the publisher for a keyframe on `ssrc` with a PLI.
+    pub async fn request_keyframe(&self, ssrc: u32) {
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if self.pc.write_rtcp(&[Box::new(pli)]).await.is_ok() {
+            self.metrics
+                .keyframe_requests
+                .with_label_values(&["out", "pli"])
+                .inc();
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.pc.connection_state() == RTCPeerConnectionState::Connected
+    }
+
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(error = %e, "closing peer connection");
+        }
+    }
+}
+
+fn codec_type(kind: MediaKind) -> RTPCodecType {
+    match kind {
+        MediaKind::Audio => RTPCodecType::Audio,
+        MediaKind::Video => RTPCodecType::Video,
+    }
+}

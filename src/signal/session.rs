@@ -1,0 +1,803 @@
+//! One WebSocket session: the thin edge between a client and its room. It parses messages,
+//! owns the participant's peer connection, and runs the negotiation.
+//!
+//! Negotiation has one rule that makes glare impossible: **the server is the only offerer**.
+//! Whatever changes (a track to publish, a track to receive, one to remove) marks the session
+//! dirty; when no offer is outstanding, the server creates one offer covering all changes and
+//! waits for the client's answer before the next. webrtc-rs 0.17 cannot roll back a local
+//! offer, so this is not a convenience: it is the only safe design with one peer connection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::stream::{SplitSink, StreamExt};
+use futures::SinkExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::protocol::{
+    parse_client_message, ClientError, ClientMessage, ErrorCode, IceCandidate, LeaveReason,
+    MidBinding, PublishRequest, ServerMessage, TrackInfo, TrackSource, PROTOCOL_VERSION,
+};
+use crate::forward::{MediaKind, ParticipantId, TrackId};
+use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
+use crate::rtc::{
+    spawn_egress, EgressControl, Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer,
+    PeerEvent, PeerState,
+};
+use crate::server::AppState;
+
+const MAX_ROOM_CHARS: usize = 64;
+const MAX_CID_CHARS: usize = 64;
+const MAX_CHAT_CHARS: usize = 4000;
+
+/// Serves one WebSocket until it closes, the participant leaves, or a timeout removes it.
+pub async fn run_session(socket: WebSocket, state: AppState) {
+    let _task = state.metrics.task("session");
+    let (sink, mut stream) = socket.split();
+    let mut session = Session {
+        state,
+        sink,
+        joined: None,
+        last_heard_at: Instant::now(),
+    };
+    let end = loop {
+        let deadline = session.next_deadline();
+        let event = tokio::select! {
+            message = stream.next() => Input::Socket(message),
+            input = recv_joined(&mut session.joined) => input,
+            _ = tokio::time::sleep_until(deadline.into()) => Input::Tick,
+        };
+        if let Some(end) = session.handle(event).await {
+            break end;
+        }
+    };
+    session.finish(end).await;
+}
+
+enum Input {
+    Socket(Option<Result<Message, axum::Error>>),
+    Room(Option<SessionEvent>),
+    Peer(Option<PeerEvent>),
+    Tick,
+}
+
+/// Why a session ends, and what the others are told.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Left,
+    SocketClosed,
+    PeerLost,
+    TimedOut,
+}
+
+impl End {
+    fn reason(self) -> LeaveReason {
+        match self {
+            End::Left => LeaveReason::Left,
+            End::SocketClosed | End::PeerLost => LeaveReason::Disconnected,
+            End::TimedOut => LeaveReason::TimedOut,
+        }
+    }
+}
+
+/// Waits on the room and peer events, which exist only once joined; pending before that.
+async fn recv_joined(joined: &mut Option<Joined>) -> Input {
+    match joined.as_mut() {
+        Some(j) => tokio::select! {
+            event = j.room_events.recv() => Input::Room(event),
+            event = j.peer_events.recv() => Input::Peer(event),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+struct Session {
+    state: AppState,
+    sink: SplitSink<WebSocket, Message>,
+    joined: Option<Joined>,
+    last_heard_at: Instant,
+}
+
+struct Joined {
+    id: ParticipantId,
+    room: RoomHandle,
+    peer: Peer,
+    room_events: mpsc::UnboundedReceiver<SessionEvent>,
+    peer_events: mpsc::UnboundedReceiver<PeerEvent>,
+    egress: mpsc::UnboundedSender<EgressControl>,
+    publications: HashMap<TrackId, Publication>,
+    subscriptions: HashMap<TrackId, Subscribed>,
+    negotiation: Negotiation,
+    /// Set once the first answer is applied: remote candidates can be added from then on.
+    has_remote_description: bool,
+    early_candidates: Vec<IceCandidate>,
+    connected: bool,
+    disconnected_since: Option<Instant>,
+    span: tracing::Span,
+}
+
+struct Publication {
+    cid: String,
+    kind: MediaKind,
+    source: TrackSource,
+    muted: bool,
+    slot: IncomingSlot,
+    started: bool,
+}
+
+struct Subscribed {
+    publisher: ParticipantId,
+    kind: MediaKind,
+    out: OutgoingTrack,
+    /// Part of an applied offer/answer, so its sender is bound.
+    negotiated: bool,
+    /// The room has been told it can forward to it.
+    reported_ready: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Negotiation {
+    Stable { dirty: bool },
+    AwaitingAnswer { dirty: bool, offered: Vec<TrackId> },
+}
+
+impl Session {
+    fn next_deadline(&self) -> Instant {
+        let t = &self.state.config.timeouts;
+        let idle_at = self.last_heard_at + Duration::from_millis(t.session_idle_ms);
+        match self.joined.as_ref().and_then(|j| j.disconnected_since) {
+            Some(since) => idle_at.min(since + Duration::from_millis(t.peer_disconnected_ms)),
+            None => idle_at,
+        }
+    }
+
+    async fn handle(&mut self, input: Input) -> Option<End> {
+        match input {
+            Input::Socket(None) | Input::Socket(Some(Err(_))) => Some(End::SocketClosed),
+            Input::Socket(Some(Ok(message))) => {
+                self.last_heard_at = Instant::now();
+                self.handle_frame(message).await
+            }
+            Input::Room(None) => Some(End::SocketClosed),
+            Input::Room(Some(event)) => {
+                self.handle_room_event(event).await;
+                self.negotiate().await;
+                None
+            }
+            Input::Peer(None) => Some(End::PeerLost),
+            Input::Peer(Some(event)) => {
+                let end = self.handle_peer_event(event).await;
+                self.negotiate().await;
+                end
+            }
+            Input::Tick => self.handle_tick(),
+        }
+    }
+
+    fn handle_tick(&mut self) -> Option<End> {
+        let now = Instant::now();
+        let t = &self.state.config.timeouts;
+        if now.duration_since(self.last_heard_at) >= Duration::from_millis(t.session_idle_ms) {
+            return Some(End::TimedOut);
+        }
+        let lost = self.joined.as_ref().and_then(|j| j.disconnected_since).is_some_and(|since| {
+            now.duration_since(since) >= Duration::from_millis(t.peer_disconnected_ms)
+        });
+        lost.then_some(End::TimedOut)
+    }
+
+    async fn handle_frame(&mut self, message: Message) -> Option<End> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(_) => return Some(End::SocketClosed),
+            Message::Ping(_) | Message::Pong(_) => return None,
+            Message::Binary(_) => {
+                self.send_error(ClientError::new(
+                    ErrorCode::MalformedMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                ))
+                .await;
+                return None;
+            }
+        };
+        let limit = self.state.config.limits.max_message_bytes;
+        if text.len() > limit {
+            self.send_error(ClientError::new(
+                ErrorCode::MessageTooLarge,
+                format!("message of {} bytes exceeds the limit of {limit}", text.len()),
+            ))
+            .await;
+            return None;
+        }
+        let message = match parse_client_message(&text) {
+            Ok(m) => m,
+            Err(e) => {
+                let label = if e.code == ErrorCode::InvalidMessage {
+                    e.request.clone().unwrap_or_default()
+                } else {
+                    "invalid".to_owned()
+                };
+                self.count_message(label_for(&label));
+                self.send_error(e).await;
+                return None;
+            }
+        };
+        let kind = message.type_name();
+        self.count_message(kind);
+        match self.handle_message(message).await {
+            Ok(end) => {
+                self.negotiate().await;
+                end
+            }
+            Err(mut e) => {
+                e.request.get_or_insert_with(|| kind.to_owned());
+                self.send_error(e).await;
+                self.negotiate().await;
+                None
+            }
+        }
+    }
+
+    fn count_message(&self, kind: &str) {
+        self.state
+            .metrics
+            .signal_messages
+            .with_label_values(&[kind])
+            .inc();
+    }
+
+    async fn handle_message(&mut self, message: ClientMessage) -> Result<Option<End>, ClientError> {
+        if let ClientMessage::Ping { id } = message {
+            self.send(ServerMessage::Pong { id }).await;
+            return Ok(None);
+        }
+        if let ClientMessage::Join {
+            version,
+            room,
+            name,
+            publish,
+        } = message
+        {
+            if self.joined.is_some() {
+                return Err(ClientError::new(
+                    ErrorCode::AlreadyJoined,
+                    "this connection has already joined a room; open another to join again",
+                ));
+            }
+            self.join(version, room, name, publish).await?;
+            return Ok(None);
+        }
+        let Some(j) = self.joined.as_mut() else {
+            return Err(ClientError::new(
+                ErrorCode::NotJoined,
+                "send \"join\" before anything else",
+            ));
+        };
+        let max_tracks = self.state.config.limits.max_tracks_per_participant;
+        match message {
+            ClientMessage::Join { .. } | ClientMessage::Ping { .. } => unreachable!("handled above"),
+            ClientMessage::Leave {} => return Ok(Some(End::Left)),
+            ClientMessage::Publish { tracks } => {
+                validate_publish(&tracks, j.publications.len(), max_tracks)?;
+                j.add_publications(&tracks, &self.state).await?;
+            }
+            ClientMessage::Unpublish { track_id } => {
+                let Some(p) = j.publications.remove(&track_id) else {
+                    return Err(unknown_track(track_id));
+                };
+                j.peer.stop_incoming(&p.slot).await;
+                j.negotiation.mark_dirty();
+                if p.started {
+                    j.tell_room(RoomCommand::TrackEnded {
+                        participant: j.id,
+                        track: track_id,
+                    })
+                    .await;
+                }
+            }
+            ClientMessage::Mute { track_id, muted } => {
+                let Some(p) = j.publications.get_mut(&track_id) else {
+                    return Err(unknown_track(track_id));
+                };
+                p.muted = muted;
+                if p.started {
+                    j.tell_room(RoomCommand::Mute {
+                        participant: j.id,
+                        track: track_id,
+                        muted,
+                    })
+                    .await;
+                }
+            }
+            ClientMessage::Answer { sdp } => {
+                let Negotiation::AwaitingAnswer { dirty, offered } = &j.negotiation else {
+                    return Err(ClientError::new(
+                        ErrorCode::NoOfferPending,
+                        "there is no outstanding offer to answer",
+                    ));
+                };
+                let (dirty, offered) = (*dirty, offered.clone());
+                // A rejected answer leaves the offer outstanding: the client may answer again.
+                j.peer.apply_answer(sdp).await.map_err(|e| {
+                    ClientError::new(ErrorCode::InvalidSdp, format!("answer rejected: {e}"))
+                })?;
+                j.negotiation = Negotiation::Stable { dirty };
+                for track in offered {
+                    if let Some(s) = j.subscriptions.get_mut(&track) {
+                        s.negotiated = true;
+                    }
+                }
+                if !j.has_remote_description {
+                    j.has_remote_description = true;
+                    for c in std::mem::take(&mut j.early_candidates) {
+                        if let Err(e) = j.peer.add_remote_candidate(c).await {
+                            debug!(parent: &j.span, error = %e, "early candidate rejected");
+                        }
+                    }
+                }
+                j.report_ready().await;
+            }
+            ClientMessage::Candidate { candidate } => {
+                let Some(c) = candidate else {
+                    return Ok(None); // end of candidates: nothing to do for ICE here
+                };
+                if c.candidate.is_empty() {
+                    return Ok(None);
+                }
+                if !j.has_remote_description {
+                    if j.early_candidates.len() >= 64 {
+                        return Err(ClientError::new(
+                            ErrorCode::InvalidCandidate,
+                            "too many candidates before the first answer",
+                        ));
+                    }
+                    j.early_candidates.push(c);
+                } else {
+                    j.peer.add_remote_candidate(c).await.map_err(|e| {
+                        ClientError::new(ErrorCode::InvalidCandidate, e.to_string())
+                    })?;
+                }
+            }
+            ClientMessage::Chat { text, to } => {
+                let chars = text.chars().count();
+                if chars == 0 || chars > MAX_CHAT_CHARS {
+                    return Err(ClientError::new(
+                        ErrorCode::InvalidMessage,
+                        format!("chat text must have 1 to {MAX_CHAT_CHARS} characters"),
+                    ));
+                }
+                let (reply, answer) = oneshot::channel();
+                j.tell_room(RoomCommand::Chat {
+                    from: j.id,
+                    text,
+                    to,
+                    reply,
+                })
+                .await;
+                if let Ok(Err(e)) = answer.await {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn join(
+        &mut self,
+        version: u32,
+        room: String,
+        name: String,
+        publish: Vec<PublishRequest>,
+    ) -> Result<(), ClientError> {
+        if version != PROTOCOL_VERSION {
+            return Err(ClientError::new(
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+            ));
+        }
+        let limits = &self.state.config.limits;
+        let room = room.trim().to_owned();
+        check_text("room", &room, MAX_ROOM_CHARS)?;
+        let name = name.trim().to_owned();
+        check_text("name", &name, limits.max_name_chars)?;
+        validate_publish(&publish, 0, limits.max_tracks_per_participant)?;
+
+        let id = self.state.ids.participant();
+        let span = tracing::info_span!("participant", room = %room, participant = %id);
+        let (peer_tx, peer_events) = mpsc::unbounded_channel();
+        let peer = self.state.rtc.new_peer(peer_tx).await.map_err(|e| {
+            warn!(error = %e, "cannot create a peer connection");
+            ClientError::new(ErrorCode::Internal, "the server could not set up media")
+        })?;
+        let (events_tx, room_events) = mpsc::unbounded_channel();
+        let (egress_tx, egress_rx) = mpsc::channel(self.state.config.media.egress_queue_packets);
+        let joined = self
+            .state
+            .registry
+            .join(&room, id, name.clone(), events_tx, egress_tx)
+            .await;
+        let (handle, accepted) = match joined {
+            Ok(ok) => ok,
+            Err(e) => {
+                peer.close().await;
+                return Err(e);
+            }
+        };
+        let (egress_control, control_rx) = mpsc::unbounded_channel();
+        spawn_egress(
+            egress_rx,
+            control_rx,
+            &self.state.metrics,
+            self.state.metrics.task("egress"),
+        );
+        let mut j = Joined {
+            id,
+            room: handle,
+            peer,
+            room_events,
+            peer_events,
+            egress: egress_control,
+            publications: HashMap::new(),
+            subscriptions: HashMap::new(),
+            negotiation: Negotiation::Stable { dirty: false },
+            has_remote_description: false,
+            early_candidates: Vec::new(),
+            connected: false,
+            disconnected_since: None,
+            span,
+        };
+        for s in accepted.subscriptions {
+            j.subscribe(s, &self.state).await;
+        }
+        let publish_result = j.add_publications(&publish, &self.state).await;
+        info!(parent: &j.span, name = %name, "joined");
+        self.joined = Some(j);
+        self.send(ServerMessage::Joined {
+            version: PROTOCOL_VERSION,
+            room,
+            participant_id: id,
+            members: accepted.members,
+            ice_servers: self.state.config.ice_servers.clone(),
+        })
+        .await;
+        publish_result
+    }
+
+    async fn handle_room_event(&mut self, event: SessionEvent) {
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        match event {
+            SessionEvent::Send(message) => self.send(message).await,
+            SessionEvent::Subscribe(s) => j.subscribe(s, &self.state).await,
+            SessionEvent::Unsubscribe { track } => {
+                if let Some(s) = j.subscriptions.remove(&track) {
+                    let _ = j.egress.send(EgressControl::Remove(track));
+                    j.peer.remove_outgoing(&s.out).await;
+                    j.negotiation.mark_dirty();
+                }
+            }
+            SessionEvent::RequestKeyframe { ssrc } => j.peer.request_keyframe(ssrc).await,
+        }
+    }
+
+    async fn handle_peer_event(&mut self, event: PeerEvent) -> Option<End> {
+        let j = self.joined.as_mut()?;
+        match event {
+            PeerEvent::LocalCandidate(candidate) => {
+                self.send(ServerMessage::Candidate { candidate }).await;
+            }
+            PeerEvent::State(state) => {
+                debug!(parent: &j.span, ?state, "peer connection state");
+                match state {
+                    PeerState::Connected => {
+                        j.connected = true;
+                        j.disconnected_since = None;
+                        j.report_ready().await;
+                    }
+                    PeerState::Disconnected => {
+                        j.disconnected_since.get_or_insert_with(Instant::now);
+                    }
+                    PeerState::Failed | PeerState::Closed => return Some(End::PeerLost),
+                    PeerState::Connecting => {}
+                }
+            }
+            PeerEvent::Track(incoming) => j.start_publication(incoming, &self.state).await,
+        }
+        None
+    }
+
+    async fn negotiate(&mut self) {
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        let Negotiation::Stable { dirty: true } = j.negotiation else {
+            return;
+        };
+        let sdp = match j.peer.create_offer().await {
+            Ok(sdp) => sdp,
+            Err(e) => {
+                warn!(parent: &j.span, error = %e, "cannot create an offer");
+                return;
+            }
+        };
+        let mut mids = Vec::new();
+        for (track_id, p) in &j.publications {
+            if let Some(mid) = p.slot.mid() {
+                mids.push(MidBinding::Send {
+                    mid,
+                    cid: p.cid.clone(),
+                    track_id: *track_id,
+                    kind: p.kind,
+                });
+            }
+        }
+        let mut offered = Vec::new();
+        for (track_id, s) in &j.subscriptions {
+            if let Some(mid) = s.out.mid() {
+                offered.push(*track_id);
+                mids.push(MidBinding::Recv {
+                    mid,
+                    participant_id: s.publisher,
+                    track_id: *track_id,
+                    kind: s.kind,
+                });
+            }
+        }
+        mids.sort_by_key(|m| match m {
+            MidBinding::Send { mid, .. } | MidBinding::Recv { mid, .. } => {
+                mid.parse::<u64>().unwrap_or(u64::MAX)
+            }
+        });
+        j.negotiation = Negotiation::AwaitingAnswer {
+            dirty: false,
+            offered,
+        };
+        self.send(ServerMessage::Offer { sdp, mids }).await;
+    }
+
+    async fn send(&mut self, message: ServerMessage) {
+        let text = serde_json::to_string(&message).expect("server messages always serialize");
+        // A failed send means the socket is gone; the read side will notice and end the session.
+        let _ = self.sink.send(Message::Text(text.into())).await;
+    }
+
+    async fn send_error(&mut self, e: ClientError) {
+        self.state
+            .metrics
+            .signal_errors
+            .with_label_values(&[e.code.as_str()])
+            .inc();
+        debug!(code = e.code.as_str(), message = %e.message, "client error");
+        self.send(e.into_message()).await;
+    }
+
+    async fn finish(mut self, end: End) {
+        if let Some(j) = self.joined.take() {
+            info!(parent: &j.span, ?end, "session ended");
+            j.tell_room(RoomCommand::Leave {
+                participant: j.id,
+                reason: end.reason(),
+            })
+            .await;
+            j.peer.close().await;
+        }
+        let _ = self.sink.close().await;
+    }
+}
+
+impl Negotiation {
+    fn mark_dirty(&mut self) {
+        match self {
+            Negotiation::Stable { dirty } | Negotiation::AwaitingAnswer { dirty, .. } => {
+                *dirty = true
+            }
+        }
+    }
+}
+
+impl Joined {
+    async fn tell_room(&self, command: RoomCommand) {
+        // The room outlives its members; a closed channel means the server is shutting down.
+        let _ = self.room.commands.send(command).await;
+    }
+
+    async fn add_publications(
+        &mut self,
+        requests: &[PublishRequest],
+        state: &AppState,
+    ) -> Result<(), ClientError> {
+        for r in requests {
+            let slot = self.peer.add_incoming(r.kind).await.map_err(|e| {
+                warn!(parent: &self.span, error = %e, "cannot add a receiving transceiver");
+                ClientError::new(ErrorCode::Internal, "the server could not add the track")
+            })?;
+            self.publications.insert(
+                state.ids.track(),
+                Publication {
+                    cid: r.cid.clone(),
+                    kind: r.kind,
+                    source: r.source,
+                    muted: r.muted,
+                    slot,
+                    started: false,
+                },
+            );
+            self.negotiation.mark_dirty();
+        }
+        Ok(())
+    }
+
+    async fn start_publication(&mut self, incoming: IncomingTrack, state: &AppState) {
+        let Some((&track_id, p)) = self
+            .publications
+            .iter_mut()
+            .find(|(_, p)| !p.started && p.slot.mid().as_deref() == Some(incoming.mid.as_str()))
+        else {
+            debug!(parent: &self.span, mid = %incoming.mid, "media on a transceiver nobody published on");
+            return;
+        };
+        if incoming.kind != p.kind {
+            return;
+        }
+        p.started = true;
+        let info = TrackInfo {
+            id: track_id,
+            kind: p.kind,
+            source: p.source,
+            muted: p.muted,
+        };
+        let codec = incoming.codec.clone();
+        let media = self.room.media.clone();
+        let kind = p.kind;
+        let overflow = state
+            .metrics
+            .dropped_packets
+            .with_label_values(&["room_queue_full"]);
+        incoming.start_ingest(
+            move |packet| match media.try_send(IngestPacket {
+                track: track_id,
+                kind,
+                packet,
+            }) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    overflow.inc();
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            (state.metrics.task("ingest"), state.metrics.task("ingest_rtcp")),
+        );
+        debug!(parent: &self.span, track = %track_id, codec = %codec.mime_type, "media started");
+        self.tell_room(RoomCommand::TrackStarted {
+            participant: self.id,
+            track: info,
+            codec,
+        })
+        .await;
+    }
+
+    async fn subscribe(&mut self, s: Subscription, state: &AppState) {
+        let track = s.track.id;
+        let commands = self.room.commands.clone();
+        let subscriber = self.id;
+        let metrics = state.metrics.clone();
+        let feedback = move |f: Feedback| {
+            let label = match f {
+                Feedback::Pli => "pli",
+                Feedback::Fir => "fir",
+                Feedback::Nack => {
+                    metrics.nacks_received.with_label_values(&["subscriber"]).inc();
+                    return;
+                }
+            };
+            metrics
+                .keyframe_requests
+                .with_label_values(&["in", label])
+                .inc();
+            // Throttled downstream anyway: if the room is busy, dropping a request is fine.
+            let _ = commands.try_send(RoomCommand::KeyframeRequest { subscriber, track });
+        };
+        let added = self
+            .peer
+            .add_outgoing(
+                track.to_string(),
+                s.publisher.to_string(),
+                s.track.kind,
+                &s.codec,
+                feedback,
+                state.metrics.task("egress_rtcp"),
+            )
+            .await;
+        match added {
+            Ok(out) => {
+                let _ = self.egress.send(EgressControl::Add(track, out.writer()));
+                self.subscriptions.insert(
+                    track,
+                    Subscribed {
+                        publisher: s.publisher,
+                        kind: s.track.kind,
+                        out,
+                        negotiated: false,
+                        reported_ready: false,
+                    },
+                );
+                self.negotiation.mark_dirty();
+            }
+            Err(e) => warn!(parent: &self.span, track = %track, error = %e, "cannot subscribe"),
+        }
+    }
+
+    /// Tells the room which subscriptions can receive media now: negotiated and connected.
+    async fn report_ready(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let mut ready = Vec::new();
+        for (track, s) in self.subscriptions.iter_mut() {
+            if s.negotiated && !s.reported_ready {
+                s.reported_ready = true;
+                ready.push(*track);
+            }
+        }
+        if !ready.is_empty() {
+            self.tell_room(RoomCommand::SubscriptionsReady {
+                subscriber: self.id,
+                tracks: ready,
+            })
+            .await;
+        }
+    }
+}
+
+fn validate_publish(
+    requests: &[PublishRequest],
+    already: usize,
+    max: usize,
+) -> Result<(), ClientError> {
+    if already + requests.len() > max {
+        return Err(ClientError::new(
+            ErrorCode::TooManyTracks,
+            format!("at most {max} published tracks per participant"),
+        ));
+    }
+    for r in requests {
+        let chars = r.cid.chars().count();
+        if chars == 0 || chars > MAX_CID_CHARS {
+            return Err(ClientError::new(
+                ErrorCode::InvalidMessage,
+                format!("cid must have 1 to {MAX_CID_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ClientError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > max_chars || value.chars().any(char::is_control) {
+        return Err(ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!("{field} must have 1 to {max_chars} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn unknown_track(track: TrackId) -> ClientError {
+    ClientError::new(
+        ErrorCode::UnknownTrack,
+        format!("you publish no track {track}"),
+    )
+}
+
+/// Bounded label values for the messages counter: known types, or "invalid".
+fn label_for(kind: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "join", "publish", "unpublish", "mute", "answer", "candidate", "chat", "ping", "leave",
+    ];
+    KNOWN.iter().find(|k| **k == kind).copied().unwrap_or("invalid")
+}
