@@ -6,6 +6,16 @@ use prometheus::{
     Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The roles of the tasks Plaza spawns, the `role` label of `plaza_tasks`.
+pub const TASK_ROLES: &[&str] = &[
+    "session",
+    "room",
+    "ingest",
+    "ingest_rtcp",
+    "egress",
+    "egress_rtcp",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -100,8 +110,17 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
+    /// Live tasks of every role, summed: zero when the server is idle.
+    pub fn live_tasks(&self) -> i64 {
+        TASK_ROLES
+            .iter()
+            .map(|r| self.tasks.with_label_values(&[r]).get())
+            .sum()
+    }
+
     /// Counts a task as live until the returned guard drops.
     pub fn task(&self, role: &'static str) -> TaskGuard {
+        debug_assert!(TASK_ROLES.contains(&role), "unlisted task role {role}");
         let gauge = self.tasks.with_label_values(&[role]);
         gauge.inc();
         TaskGuard(gauge)

@@ -1,0 +1,538 @@
+//! A headless participant: a webrtc-rs peer connection on its own loopback UDP socket, driven
+//! by the documented signalling protocol over a real WebSocket. It answers every offer, trickles
+//! candidates, publishes synthetic audio/video and records every packet it receives.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_mux::{UDPMux, UDPMuxDefault, UDPMuxParams};
+use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+use super::media::{self, Parsed};
+use super::wait_for;
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub audio: bool,
+    pub video: bool,
+    pub video_fps: u32,
+    /// A keyframe every this many frames (besides those asked for with PLI).
+    pub keyframe_every: u64,
+    pub key_packets: usize,
+    pub delta_packets: usize,
+    pub video_packet_size: usize,
+    pub audio_packet_size: usize,
+    /// Answer keyframe requests (PLI) with a keyframe on the next frame.
+    pub honour_pli: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            audio: true,
+            video: true,
+            video_fps: 30,
+            keyframe_every: 90,
+            key_packets: 4,
+            delta_packets: 2,
+            video_packet_size: 900,
+            audio_packet_size: 120,
+            honour_pli: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RecvPacket {
+    pub seq: u16,
+    pub ts: u32,
+    pub parsed: Option<Parsed>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecvTrack {
+    pub track_id: String,
+    pub stream_id: String,
+    pub video: bool,
+    pub packets: Vec<RecvPacket>,
+}
+
+/// What one of our published tracks has sent so far.
+#[derive(Debug, Default)]
+pub struct SentTrack {
+    pub counter: AtomicU64,
+    pub keyframe_requested: AtomicBool,
+    pub plis: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Shared {
+    /// Set by the media task when it has returned after a stop.
+    pub media_stopped: AtomicBool,
+    pub messages: Mutex<Vec<Value>>,
+    pub received: Mutex<HashMap<String, RecvTrack>>,
+    pub connected: AtomicBool,
+    pub failed_or_closed: AtomicBool,
+    pub answers_sent: AtomicU64,
+}
+
+pub struct Client {
+    pub name: String,
+    pub tag: u32,
+    pub shared: Arc<Shared>,
+    pub pc: Arc<RTCPeerConnection>,
+    mux: Arc<UDPMuxDefault>,
+    out: mpsc::UnboundedSender<Message>,
+    pub audio: Option<Arc<SentTrack>>,
+    pub video: Option<Arc<SentTrack>>,
+    stop_media: Arc<AtomicBool>,
+    local: Vec<(Arc<TrackLocalStaticRTP>, Arc<SentTrack>)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
+
+impl Client {
+    /// Connects, joins `room` as `name` publishing what `options` says, and starts sending
+    /// media as soon as the peer connection is up.
+    pub async fn join(url: &str, room: &str, name: &str, options: ClientOptions) -> Client {
+        let mut client = Client::connect(url, name, &options).await;
+        let mut publish = Vec::new();
+        if options.audio {
+            publish.push(json!({"cid": "mic", "kind": "audio", "source": "microphone"}));
+        }
+        if options.video {
+            publish.push(json!({"cid": "cam", "kind": "video", "source": "camera"}));
+        }
+        client.send(json!({
+            "type": "join", "version": 1, "room": room, "name": name, "publish": publish
+        }));
+        client.start_media(options);
+        client
+    }
+
+    /// Connects the WebSocket and prepares the peer connection without joining.
+    pub async fn connect(url: &str, name: &str, options: &ClientOptions) -> Client {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+        let mut settings = SettingEngine::default();
+        settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
+        settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        settings.set_network_types(vec![NetworkType::Udp4]);
+        settings.set_include_loopback_candidate(true);
+        settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        settings.set_ice_timeouts(
+            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(3)),
+            Some(Duration::from_millis(500)),
+        );
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let api = APIBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .build();
+        let pc = Arc::new(
+            api.new_peer_connection(RTCConfiguration::default())
+                .await
+                .unwrap(),
+        );
+        let shared = Arc::new(Shared::default());
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let mut tasks = Vec::new();
+
+        // Local tracks first: the server's recvonly m-lines are matched to these, in order.
+        let mut audio = None;
+        let mut video = None;
+        let mut local_tracks = Vec::new();
+        if options.audio {
+            let t = Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: MIME_TYPE_OPUS.to_owned(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    ..Default::default()
+                },
+                "mic".into(),
+                "local".into(),
+            ));
+            let sent = Arc::new(SentTrack::default());
+            local_tracks.push((t, sent.clone()));
+            audio = Some(sent);
+        }
+        if options.video {
+            let t = Arc::new(TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: MIME_TYPE_VP8.to_owned(),
+                    clock_rate: 90000,
+                    ..Default::default()
+                },
+                "cam".into(),
+                "local".into(),
+            ));
+            let sent = Arc::new(SentTrack::default());
+            local_tracks.push((t, sent.clone()));
+            video = Some(sent);
+        }
+        for (track, sent) in &local_tracks {
+            let transceiver = pc
+                .add_transceiver_from_track(
+                    track.clone() as Arc<dyn TrackLocal + Send + Sync>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        send_encodings: vec![],
+                    }),
+                )
+                .await
+                .unwrap();
+            let sender = transceiver.sender().await;
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Ok((packets, _)) = sender.read_rtcp().await {
+                    for p in packets {
+                        if p.as_any().is::<PictureLossIndication>() {
+                            sent.plis.fetch_add(1, Ordering::Relaxed);
+                            sent.keyframe_requested.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+
+        let s = shared.clone();
+        pc.on_track(Box::new(move |track, receiver, _transceiver| {
+            let s = s.clone();
+            let video = track.kind() == webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video;
+            let id = track.id();
+            let stream_id = track.stream_id();
+            s.received.lock().unwrap().insert(
+                id.clone(),
+                RecvTrack {
+                    track_id: id.clone(),
+                    stream_id,
+                    video,
+                    packets: Vec::new(),
+                },
+            );
+            tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
+            tokio::spawn(async move {
+                while let Ok((p, _)) = track.read_rtp().await {
+                    let record = RecvPacket {
+                        seq: p.header.sequence_number,
+                        ts: p.header.timestamp,
+                        parsed: media::parse(&p.payload, video),
+                        at: Instant::now(),
+                    };
+                    if let Some(t) = s.received.lock().unwrap().get_mut(&id) {
+                        t.packets.push(record);
+                    }
+                }
+            });
+            Box::pin(async {})
+        }));
+        let o = out.clone();
+        pc.on_ice_candidate(Box::new(move |c| {
+            let msg = match c.map(|c| c.to_json()) {
+                Some(Ok(init)) => json!({"type": "candidate", "candidate": {
+                    "candidate": init.candidate, "sdpMid": init.sdp_mid,
+                    "sdpMLineIndex": init.sdp_mline_index}}),
+                Some(Err(_)) => return Box::pin(async {}),
+                None => json!({"type": "candidate", "candidate": null}),
+            };
+            let _ = o.send(Message::Text(msg.to_string().into()));
+            Box::pin(async {})
+        }));
+        let s = shared.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            match state {
+                RTCPeerConnectionState::Connected => s.connected.store(true, Ordering::SeqCst),
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    s.failed_or_closed.store(true, Ordering::SeqCst)
+                }
+                _ => {}
+            }
+            Box::pin(async {})
+        }));
+
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let (mut ws_tx, mut ws_rx) = ws.split();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if ws_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            let _ = ws_tx.close().await;
+        }));
+        let s = shared.clone();
+        let o = out.clone();
+        let pc2 = pc.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(m)) = ws_rx.next().await {
+                let Message::Text(text) = m else { continue };
+                let v: Value = serde_json::from_str(&text).expect("server sends JSON");
+                s.messages.lock().unwrap().push(v.clone());
+                match v["type"].as_str() {
+                    Some("offer") => {
+                        let sdp = v["sdp"].as_str().unwrap().to_owned();
+                        let offer = RTCSessionDescription::offer(sdp).unwrap();
+                        if pc2.set_remote_description(offer).await.is_err() {
+                            continue;
+                        }
+                        let answer = pc2.create_answer(None).await.unwrap();
+                        let sdp = answer.sdp.clone();
+                        pc2.set_local_description(answer).await.unwrap();
+                        s.answers_sent.fetch_add(1, Ordering::SeqCst);
+                        let _ = o.send(Message::Text(
+                            json!({"type": "answer", "sdp": sdp}).to_string().into(),
+                        ));
+                    }
+                    Some("candidate") => {
+                        if let Some(c) = v["candidate"].as_object() {
+                            let _ = pc2
+                                .add_ice_candidate(RTCIceCandidateInit {
+                                    candidate: c["candidate"].as_str().unwrap_or("").to_owned(),
+                                    sdp_mid: c.get("sdpMid").and_then(|m| m.as_str()).map(Into::into),
+                                    sdp_mline_index: c
+                                        .get("sdpMLineIndex")
+                                        .and_then(|m| m.as_u64())
+                                        .map(|m| m as u16),
+                                    username_fragment: None,
+                                })
+                                .await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }));
+
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) as u32;
+        Client {
+            name: name.to_owned(),
+            tag,
+            shared,
+            pc,
+            mux,
+            out,
+            audio,
+            video,
+            stop_media: Arc::new(AtomicBool::new(false)),
+            local: local_tracks,
+            tasks,
+        }
+    }
+
+    /// Sends synthetic media on every local track once connected, until [`Client::stop_media`].
+    pub fn start_media(&mut self, options: ClientOptions) {
+        let shared = self.shared.clone();
+        let stop = self.stop_media.clone();
+        let tag = self.tag;
+        let local = self.local.clone();
+        let opts = options;
+        self.tasks.push(tokio::spawn(async move {
+            struct Stopped(Arc<Shared>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.media_stopped.store(true, Ordering::SeqCst);
+                }
+            }
+            let _stopped = Stopped(shared.clone());
+            while !shared.connected.load(Ordering::SeqCst) {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+            let mut video_tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 / opts.video_fps as u64));
+            let mut frame: u64 = 0;
+            let mut audio_seq: u16 = 1000;
+            let mut video_seq: u16 = 65_400; // wraps within the first second, on purpose
+            loop {
+                tokio::select! {
+                    _ = audio_tick.tick() => {
+                        if stop.load(Ordering::SeqCst) { return; }
+                        for (track, sent) in &local {
+                            if track.kind() != webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Audio { continue; }
+                            let counter = sent.counter.fetch_add(1, Ordering::SeqCst);
+                            let payload = media::audio_payload(tag, counter, opts.audio_packet_size);
+                            write(track, audio_seq, (counter as u32).wrapping_mul(960), true, payload).await;
+                            audio_seq = audio_seq.wrapping_add(1);
+                        }
+                    }
+                    _ = video_tick.tick() => {
+                        if stop.load(Ordering::SeqCst) { return; }
+                        for (track, sent) in &local {
+                            if track.kind() != webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video { continue; }
+                            let asked = opts.honour_pli && sent.keyframe_requested.swap(false, Ordering::SeqCst);
+                            let key = frame % opts.keyframe_every == 0 || asked;
+                            let n = if key { opts.key_packets } else { opts.delta_packets };
+                            let ts = (frame as u32).wrapping_mul(90_000 / opts.video_fps);
+                            for i in 0..n {
+                                let counter = sent.counter.fetch_add(1, Ordering::SeqCst);
+                                let payload = media::video_payload(tag, counter, i == 0, key, opts.video_packet_size);
+                                write(track, video_seq, ts, i + 1 == n, payload).await;
+                                video_seq = video_seq.wrapping_add(1);
+                            }
+                        }
+                        frame += 1;
+                    }
+                }
+            }
+        }));
+    }
+
+    pub fn stop_media(&self) {
+        self.stop_media.store(true, Ordering::SeqCst);
+    }
+
+    /// True once the media task has seen the stop and will write nothing more.
+    pub fn media_stopped(&self) -> bool {
+        self.shared.media_stopped.load(Ordering::SeqCst)
+    }
+
+    pub fn send(&self, v: Value) {
+        self.send_text(v.to_string());
+    }
+
+    pub fn send_text(&self, text: String) {
+        let _ = self.out.send(Message::Text(text.into()));
+    }
+
+    pub fn send_binary(&self, bytes: Vec<u8>) {
+        let _ = self.out.send(Message::Binary(bytes.into()));
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        self.shared.messages.lock().unwrap().clone()
+    }
+
+    pub fn messages_of(&self, kind: &str) -> Vec<Value> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m["type"] == kind)
+            .collect()
+    }
+
+    /// Waits for a message for which `pred` holds; returns it.
+    pub async fn wait_message(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_for(&format!("{} to receive {what}", self.name), timeout, || {
+            found = self.messages().into_iter().find(|m| pred(m));
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    }
+
+    /// Waits for the next error message after the first `skip` errors; returns its code.
+    pub async fn wait_error(&self, skip: usize, timeout: Duration) -> Value {
+        let mut found = None;
+        wait_for(&format!("{} to receive error #{}", self.name, skip + 1), timeout, || {
+            found = self.messages_of("error").into_iter().nth(skip);
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    }
+
+    pub async fn participant_id(&self) -> String {
+        let joined = self
+            .wait_message("joined", Duration::from_secs(10), |m| m["type"] == "joined")
+            .await;
+        joined["participant_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Remote tracks received so far (a snapshot).
+    pub fn received(&self) -> HashMap<String, RecvTrack> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Number of remote tracks from which at least `min_packets` arrived.
+    pub fn flowing_tracks(&self, min_packets: usize) -> usize {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|t| t.packets.len() >= min_packets)
+            .count()
+    }
+
+    pub fn sent_counter(&self, video: bool) -> u64 {
+        let t = if video { &self.video } else { &self.audio };
+        t.as_ref().map(|t| t.counter.load(Ordering::SeqCst)).unwrap_or(0)
+    }
+
+    pub fn leave(&self) {
+        self.send(json!({"type": "leave"}));
+    }
+
+    /// Cuts the media path as a network failure would: the UDP socket closes, the WebSocket
+    /// stays open.
+    pub async fn cut_network(&self) {
+        self.stop_media();
+        let _ = self.mux.close().await;
+    }
+
+    /// Drops the WebSocket without a close frame, as a crashed browser would.
+    pub fn kill_socket(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    pub async fn close(self) {
+        self.stop_media();
+        let _ = self.pc.close().await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.mux.close().await;
+    }
+}
+
+async fn write(track: &TrackLocalStaticRTP, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) {
+    let packet = webrtc::rtp::packet::Packet {
+        header: webrtc::rtp::header::Header {
+            version: 2,
+            marker,
+            sequence_number: seq,
+            timestamp: ts,
+            ..Default::default()
+        },
+        payload: Bytes::from(payload),
+    };
+    let _ = track.write_rtp(&packet).await;
+}
