@@ -3,84 +3,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use common::client::RecvTrack;
+use common::verify::stop_and_verify;
 use common::{wait_for, Client, ClientOptions, TestServer};
 
 const SETUP: Duration = Duration::from_secs(15);
-
-/// Checks one received track against what its publisher sent: every packet intact and from that
-/// publisher, counters and sequence numbers consecutive (in order, nothing lost), video starting
-/// at a keyframe, and the last packet the publisher sent present.
-fn verify_stream(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u64) {
-    let what = format!("{receiver} ← track {} of {}", t.track_id, t.stream_id);
-    assert!(!t.packets.is_empty(), "{what}: nothing received");
-    let parsed: Vec<_> = t
-        .packets
-        .iter()
-        .map(|p| p.parsed.unwrap_or_else(|| panic!("{what}: unparseable payload")))
-        .collect();
-    for (i, p) in parsed.iter().enumerate() {
-        assert!(p.intact, "{what}: payload {i} differs from what was sent");
-        assert_eq!(p.tag, publisher_tag, "{what}: packet from the wrong publisher");
-    }
-    for (i, w) in t.packets.windows(2).enumerate() {
-        let (a, b) = (w[0].parsed.unwrap(), w[1].parsed.unwrap());
-        assert_eq!(b.counter, a.counter + 1, "{what}: gap or reorder after packet {i}");
-        assert_eq!(
-            w[1].seq,
-            w[0].seq.wrapping_add(1),
-            "{what}: sequence numbers not continuous after packet {i}"
-        );
-    }
-    if t.video {
-        assert!(parsed[0].keyframe_start, "{what}: first video packet is not a keyframe");
-    }
-    assert_eq!(
-        parsed.last().unwrap().counter + 1,
-        sent,
-        "{what}: the last packets sent never arrived"
-    );
-}
-
-/// Stops everyone's media, waits for it to drain, and verifies every stream every client got.
-async fn stop_and_verify(clients: &[Client], ids: &[String]) {
-    for c in clients {
-        c.stop_media();
-    }
-    for c in clients {
-        wait_for("the sender to stop", Duration::from_secs(2), || c.media_stopped()).await;
-    }
-    // The counters are final now: wait until the last packet of each track has arrived.
-    let tags: HashMap<&str, (u32, u64, u64)> = ids
-        .iter()
-        .zip(clients)
-        .map(|(id, c)| (id.as_str(), (c.tag, c.sent_counter(false), c.sent_counter(true))))
-        .collect();
-    for c in clients {
-        wait_for(
-            &format!("{} to receive the last packet of every track", c.name),
-            Duration::from_secs(5),
-            || {
-                c.received().values().all(|t| {
-                    let (_, audio, video) = tags[t.stream_id.as_str()];
-                    let sent = if t.video { video } else { audio };
-                    t.packets.last().and_then(|p| p.parsed).map(|p| p.counter + 1) == Some(sent)
-                })
-            },
-        )
-        .await;
-        let mut verified = 0;
-        for t in c.received().values() {
-            let (tag, audio, video) = tags[t.stream_id.as_str()];
-            verify_stream(&c.name, t, tag, if t.video { video } else { audio });
-            verified += t.packets.len();
-        }
-        eprintln!("{}: {verified} packets on {} tracks verified", c.name, c.received().len());
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_each_receive_the_other_two_intact_in_order() {
@@ -120,6 +48,207 @@ async fn three_participants_each_receive_the_other_two_intact_in_order() {
     .await;
     stop_and_verify(&clients, &ids).await;
 
+    for c in clients {
+        c.leave();
+        c.close().await;
+    }
+    server.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_a_keyframe_first_within_one_second() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    // Periodic keyframes only every 20 s: the late joiner's first keyframe must be one the
+    // server asked for.
+    let options = ClientOptions {
+        keyframe_every: 600,
+        ..ClientOptions::default()
+    };
+    let mut clients = Vec::new();
+    for name in ["Ann", "Bob", "Cho"] {
+        clients.push(Client::join(&url, "late", name, options.clone()).await);
+    }
+    for c in &clients {
+        wait_for(&format!("{} media", c.name), SETUP, || c.flowing_tracks(20) == 4).await;
+    }
+    let plis_before: u64 = clients
+        .iter()
+        .map(|c| c.video.as_ref().unwrap().plis.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
+
+    let joined_at = std::time::Instant::now();
+    let dee = Client::join(&url, "late", "Dee", options.clone()).await;
+    wait_for("Dee to receive the three video tracks", SETUP, || {
+        dee.received().values().filter(|t| t.video && !t.packets.is_empty()).count() == 3
+    })
+    .await;
+    for t in dee.received().values().filter(|t| t.video) {
+        let first = &t.packets[0];
+        let parsed = first.parsed.expect("an intact payload");
+        assert!(
+            parsed.keyframe_start,
+            "Dee's first packet of {} is not the start of a keyframe",
+            t.track_id
+        );
+        let after = first.at.duration_since(joined_at);
+        eprintln!("Dee: first video of {} after {after:?}", t.stream_id);
+        assert!(after <= Duration::from_secs(1), "first video after {after:?}");
+    }
+    let plis_after: u64 = clients
+        .iter()
+        .map(|c| c.video.as_ref().unwrap().plis.load(std::sync::atomic::Ordering::SeqCst))
+        .sum();
+    assert!(plis_after >= plis_before + 3, "each publisher was asked for a keyframe");
+
+    for c in clients.into_iter().chain([dee]) {
+        c.leave();
+        c.close().await;
+    }
+    server.assert_drained().await;
+}
+
+/// The mids on which `client` receives `publisher`'s tracks, from the offers it got.
+fn mids_from(client: &Client, publisher: &str) -> Vec<String> {
+    let mut mids: Vec<String> = client
+        .messages_of("offer")
+        .iter()
+        .flat_map(|o| o["mids"].as_array().cloned().unwrap_or_default())
+        .filter(|b| b["direction"] == "recv" && b["participant_id"] == publisher)
+        .map(|b| b["mid"].as_str().unwrap().to_owned())
+        .collect();
+    mids.sort();
+    mids.dedup();
+    mids
+}
+
+async fn transceivers_inactive(client: &Client, mids: &[String]) -> bool {
+    use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+    let mut inactive = 0;
+    for t in client.pc.get_transceivers().await {
+        if let Some(mid) = t.mid() {
+            if mids.contains(&mid.to_string())
+                && t.current_direction() == RTCRtpTransceiverDirection::Inactive
+            {
+                inactive += 1;
+            }
+        }
+    }
+    inactive == mids.len()
+}
+
+fn left(client: &Client, who: &str) -> Option<String> {
+    client
+        .messages_of("participant-left")
+        .into_iter()
+        .find(|m| m["participant_id"] == who)
+        .map(|m| m["reason"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_dropping_and_timing_out_remove_participants_and_their_tracks() {
+    let mut config = common::test_config();
+    config.timeouts.ice_disconnected_ms = 1000;
+    config.timeouts.peer_disconnected_ms = 2000;
+    config.timeouts.ice_failed_ms = 30_000; // so that the disconnect timeout is what acts
+    let server = TestServer::start_with(config).await;
+    let url = server.ws_url();
+    let mut clients = Vec::new();
+    for name in ["Ann", "Bob", "Cho", "Dee"] {
+        clients.push(Client::join(&url, "leave", name, ClientOptions::default()).await);
+    }
+    let mut ids = Vec::new();
+    for c in &clients {
+        ids.push(c.participant_id().await);
+        wait_for(&format!("{} media", c.name), SETUP, || c.flowing_tracks(10) == 6).await;
+    }
+    let [ann, bob, cho, dee] = <[Client; 4]>::try_from(clients).ok().unwrap();
+
+    // Ann leaves: the others are told, and her tracks end on their connections.
+    ann.leave();
+    for c in [&bob, &cho, &dee] {
+        let mids = mids_from(c, &ids[0]);
+        assert_eq!(mids.len(), 2, "{} received Ann on two mids", c.name);
+        wait_for(&format!("{} to hear Ann left", c.name), Duration::from_secs(3), || {
+            left(c, &ids[0]).as_deref() == Some("left")
+        })
+        .await;
+        common::wait_for_async(
+            &format!("Ann's tracks to become inactive on {}'s connection", c.name),
+            Duration::from_secs(5),
+            || transceivers_inactive(c, &mids),
+        )
+        .await;
+    }
+    ann.close().await;
+    wait_for("3 participants", Duration::from_secs(3), || server.gauge("participants") == 3).await;
+
+    // Dee's browser crashes: the socket drops without a close frame.
+    dee.kill_socket();
+    for c in [&bob, &cho] {
+        wait_for(&format!("{} to hear Dee dropped", c.name), Duration::from_secs(3), || {
+            left(c, &ids[3]).as_deref() == Some("disconnected")
+        })
+        .await;
+    }
+    dee.close().await;
+
+    // Cho's network goes away while its signalling stays up: removed after the ICE
+    // disconnect (1 s) and the peer-disconnected timeout (2 s).
+    let cut_at = std::time::Instant::now();
+    cho.cut_network();
+    wait_for("Bob to hear Cho timed out", Duration::from_secs(6), || {
+        left(&bob, &ids[2]).as_deref() == Some("timed-out")
+    })
+    .await;
+    let after = cut_at.elapsed();
+    eprintln!("Cho removed {after:?} after its network was cut");
+    assert!(after >= Duration::from_secs(2), "removed before the timeout: {after:?}");
+    wait_for("1 participant", Duration::from_secs(3), || server.gauge("participants") == 1).await;
+    assert_eq!(server.gauge("published_tracks"), 2, "only Bob's tracks remain");
+    cho.close().await;
+
+    bob.leave();
+    bob.close().await;
+    server.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    // Lighter media so that ten senders and ninety receivers fit a small machine.
+    let options = ClientOptions {
+        video_fps: 10,
+        key_packets: 2,
+        delta_packets: 1,
+        video_packet_size: 600,
+        ..ClientOptions::default()
+    };
+    let joins = (0..10).map(|i| {
+        let url = url.clone();
+        let options = options.clone();
+        async move { Client::join(&url, "ten", &format!("P{i}"), options).await }
+    });
+    let clients = futures::future::join_all(joins).await;
+    for c in &clients {
+        wait_for(
+            &format!("{} to receive 18 flowing tracks", c.name),
+            Duration::from_secs(30),
+            || c.flowing_tracks(5) == 18,
+        )
+        .await;
+    }
+    let mut ids = Vec::new();
+    for c in &clients {
+        ids.push(c.participant_id().await);
+    }
+    for (c, id) in clients.iter().zip(&ids) {
+        let received = c.received();
+        assert_eq!(received.len(), 18);
+        assert!(received.values().all(|t| &t.stream_id != id), "nobody receives themself");
+    }
+    stop_and_verify(&clients, &ids).await;
     for c in clients {
         c.leave();
         c.close().await;

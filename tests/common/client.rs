@@ -50,6 +50,8 @@ pub struct ClientOptions {
     pub audio_packet_size: usize,
     /// Answer keyframe requests (PLI) with a keyframe on the next frame.
     pub honour_pli: bool,
+    /// Answer offers as they come; when false, [`Client::answer_offer`] does it by hand.
+    pub auto_answer: bool,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +66,7 @@ impl Default for ClientOptions {
             video_packet_size: 900,
             audio_packet_size: 120,
             honour_pli: true,
+            auto_answer: true,
         }
     }
 }
@@ -109,6 +112,7 @@ pub struct Client {
     pub shared: Arc<Shared>,
     pub pc: Arc<RTCPeerConnection>,
     mux: Arc<UDPMuxDefault>,
+    network_cut: Arc<AtomicBool>,
     out: mpsc::UnboundedSender<Message>,
     pub audio: Option<Arc<SentTrack>>,
     pub video: Option<Arc<SentTrack>>,
@@ -141,7 +145,11 @@ impl Client {
     /// Connects the WebSocket and prepares the peer connection without joining.
     pub async fn connect(url: &str, name: &str, options: &ClientOptions) -> Client {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+        let network_cut = Arc::new(AtomicBool::new(false));
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(super::net::CuttableSocket::new(
+            socket,
+            network_cut.clone(),
+        )));
         let mut settings = SettingEngine::default();
         settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
@@ -296,25 +304,20 @@ impl Client {
         let s = shared.clone();
         let o = out.clone();
         let pc2 = pc.clone();
+        let auto_answer = options.auto_answer;
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(m)) = ws_rx.next().await {
                 let Message::Text(text) = m else { continue };
                 let v: Value = serde_json::from_str(&text).expect("server sends JSON");
                 s.messages.lock().unwrap().push(v.clone());
                 match v["type"].as_str() {
-                    Some("offer") => {
-                        let sdp = v["sdp"].as_str().unwrap().to_owned();
-                        let offer = RTCSessionDescription::offer(sdp).unwrap();
-                        if pc2.set_remote_description(offer).await.is_err() {
-                            continue;
+                    Some("offer") if auto_answer => {
+                        if let Some(sdp) = answer(&pc2, &v).await {
+                            s.answers_sent.fetch_add(1, Ordering::SeqCst);
+                            let _ = o.send(Message::Text(
+                                json!({"type": "answer", "sdp": sdp}).to_string().into(),
+                            ));
                         }
-                        let answer = pc2.create_answer(None).await.unwrap();
-                        let sdp = answer.sdp.clone();
-                        pc2.set_local_description(answer).await.unwrap();
-                        s.answers_sent.fetch_add(1, Ordering::SeqCst);
-                        let _ = o.send(Message::Text(
-                            json!({"type": "answer", "sdp": sdp}).to_string().into(),
-                        ));
                     }
                     Some("candidate") => {
                         if let Some(c) = v["candidate"].as_object() {
@@ -343,6 +346,7 @@ impl Client {
             shared,
             pc,
             mux,
+            network_cut,
             out,
             audio,
             video,
@@ -495,15 +499,21 @@ impl Client {
         t.as_ref().map(|t| t.counter.load(Ordering::SeqCst)).unwrap_or(0)
     }
 
+    /// Applies the latest offer and returns the answer's SDP without sending it.
+    pub async fn answer_offer(&self) -> String {
+        let offer = self.messages_of("offer").pop().expect("an offer was received");
+        answer(&self.pc, &offer).await.expect("the offer applies")
+    }
+
     pub fn leave(&self) {
         self.send(json!({"type": "leave"}));
     }
 
     /// Cuts the media path as a network failure would: the UDP socket closes, the WebSocket
     /// stays open.
-    pub async fn cut_network(&self) {
+    pub fn cut_network(&self) {
         self.stop_media();
-        let _ = self.mux.close().await;
+        self.network_cut.store(true, Ordering::SeqCst);
     }
 
     /// Drops the WebSocket without a close frame, as a crashed browser would.
@@ -521,6 +531,17 @@ impl Client {
         }
         let _ = self.mux.close().await;
     }
+}
+
+/// Applies an offer message and creates and applies the answer; returns the answer's SDP.
+async fn answer(pc: &RTCPeerConnection, offer: &Value) -> Option<String> {
+    let sdp = offer["sdp"].as_str()?.to_owned();
+    let offer = RTCSessionDescription::offer(sdp).ok()?;
+    pc.set_remote_description(offer).await.ok()?;
+    let answer = pc.create_answer(None).await.ok()?;
+    let sdp = answer.sdp.clone();
+    pc.set_local_description(answer).await.ok()?;
+    Some(sdp)
 }
 
 async fn write(track: &TrackLocalStaticRTP, seq: u16, ts: u32, marker: bool, payload: Vec<u8>) {

@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod media;
+pub mod net;
+pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;

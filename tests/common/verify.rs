@@ -1,0 +1,79 @@
+//! Verifying what receivers got against what publishers sent.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::client::RecvTrack;
+use super::{wait_for, Client};
+
+/// Checks one received track against what its publisher sent: every packet intact and from that
+/// publisher, counters and sequence numbers consecutive (in order, nothing lost), video starting
+/// at a keyframe, and the last packet the publisher sent present.
+pub fn verify_stream(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u64) {
+    let what = format!("{receiver} ← track {} of {}", t.track_id, t.stream_id);
+    assert!(!t.packets.is_empty(), "{what}: nothing received");
+    let parsed: Vec<_> = t
+        .packets
+        .iter()
+        .map(|p| p.parsed.unwrap_or_else(|| panic!("{what}: unparseable payload")))
+        .collect();
+    for (i, p) in parsed.iter().enumerate() {
+        assert!(p.intact, "{what}: payload {i} differs from what was sent");
+        assert_eq!(p.tag, publisher_tag, "{what}: packet from the wrong publisher");
+    }
+    for (i, w) in t.packets.windows(2).enumerate() {
+        let (a, b) = (w[0].parsed.unwrap(), w[1].parsed.unwrap());
+        assert_eq!(b.counter, a.counter + 1, "{what}: gap or reorder after packet {i}");
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "{what}: sequence numbers not continuous after packet {i}"
+        );
+    }
+    if t.video {
+        assert!(parsed[0].keyframe_start, "{what}: first video packet is not a keyframe");
+    }
+    assert_eq!(
+        parsed.last().unwrap().counter + 1,
+        sent,
+        "{what}: the last packets sent never arrived"
+    );
+}
+
+/// Stops everyone's media, waits for it to drain, and verifies every stream every client got.
+pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
+    for c in clients {
+        c.stop_media();
+    }
+    for c in clients {
+        wait_for("the sender to stop", Duration::from_secs(2), || c.media_stopped()).await;
+    }
+    // The counters are final now: wait until the last packet of each track has arrived.
+    let tags: HashMap<&str, (u32, u64, u64)> = ids
+        .iter()
+        .zip(clients)
+        .map(|(id, c)| (id.as_str(), (c.tag, c.sent_counter(false), c.sent_counter(true))))
+        .collect();
+    for c in clients {
+        wait_for(
+            &format!("{} to receive the last packet of every track", c.name),
+            Duration::from_secs(5),
+            || {
+                c.received().values().all(|t| {
+                    let (_, audio, video) = tags[t.stream_id.as_str()];
+                    let sent = if t.video { video } else { audio };
+                    t.packets.last().and_then(|p| p.parsed).map(|p| p.counter + 1) == Some(sent)
+                })
+            },
+        )
+        .await;
+        let mut verified = 0;
+        for t in c.received().values() {
+            let (tag, audio, video) = tags[t.stream_id.as_str()];
+            verify_stream(&c.name, t, tag, if t.video { video } else { audio });
+            verified += t.packets.len();
+        }
+        eprintln!("{}: {verified} packets on {} tracks verified", c.name, c.received().len());
+    }
+}
+
