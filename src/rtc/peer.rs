@@ -424,13 +424,29 @@ impl Peer {
     }
 
     /// Applies the remote answer to our last offer.
+    ///
+    /// The answer is checked against the offer first: webrtc-rs changes its signaling state
+    /// before all of its own checks have run, so a hostile answer it rejects late can still
+    /// consume the offer. Anything that passes here is well-formed enough to apply.
     pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
+        let offer = self
+            .pc
+            .pending_local_description()
+            .await
+            .ok_or_else(|| RtcError::BadDescription("no offer is outstanding".into()))?;
+        check_answer_matches_offer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
         let answer = RTCSessionDescription::answer(sdp)
             .map_err(|e| RtcError::BadDescription(e.to_string()))?;
         self.pc
             .set_remote_description(answer)
             .await
             .map_err(|e| RtcError::BadDescription(e.to_string()))
+    }
+
+    /// True while our last offer still waits for its answer.
+    pub fn awaiting_answer(&self) -> bool {
+        use webrtc::peer_connection::signaling_state::RTCSignalingState;
+        self.pc.signaling_state() == RTCSignalingState::HaveLocalOffer
     }
 
     pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
@@ -468,6 +484,51 @@ impl Peer {
             tracing::debug!(error = %e, "closing peer connection");
         }
     }
+}
+
+/// An answer must carry, for each of the offer's m-lines in order, one of the same kind and mid,
+/// and the ICE credentials and DTLS fingerprint without which it cannot connect.
+fn check_answer_matches_offer(offer: &str, answer: &str) -> Result<(), String> {
+    use webrtc::sdp::description::session::SessionDescription;
+    let parse = |text: &str| SessionDescription::unmarshal(&mut std::io::Cursor::new(text));
+    let offer = parse(offer).map_err(|e| format!("our own offer does not parse: {e}"))?;
+    let answer = parse(answer).map_err(|e| format!("not a valid SDP: {e}"))?;
+    if answer.media_descriptions.len() != offer.media_descriptions.len() {
+        return Err(format!(
+            "the answer has {} m-lines, the offer {}",
+            answer.media_descriptions.len(),
+            offer.media_descriptions.len()
+        ));
+    }
+    for (i, (o, a)) in offer
+        .media_descriptions
+        .iter()
+        .zip(&answer.media_descriptions)
+        .enumerate()
+    {
+        if a.media_name.media != o.media_name.media {
+            return Err(format!("m-line {i} is {:?}, offered {:?}", a.media_name.media, o.media_name.media));
+        }
+        let mid = |m: &webrtc::sdp::description::media::MediaDescription| {
+            m.attribute("mid").flatten().map(str::to_owned)
+        };
+        if mid(a) != mid(o) {
+            return Err(format!("m-line {i} has mid {:?}, offered {:?}", mid(a), mid(o)));
+        }
+    }
+    let has = |key: &str| {
+        answer.attribute(key).is_some()
+            || answer
+                .media_descriptions
+                .iter()
+                .all(|m| m.attribute(key).flatten().is_some())
+    };
+    for key in ["ice-ufrag", "ice-pwd", "fingerprint"] {
+        if !has(key) {
+            return Err(format!("the answer has no a={key}"));
+        }
+    }
+    Ok(())
 }
 
 fn codec_type(kind: MediaKind) -> RTPCodecType {

@@ -320,9 +320,18 @@ impl Session {
                 };
                 let (dirty, offered) = (*dirty, offered.clone());
                 // A rejected answer leaves the offer outstanding: the client may answer again.
-                j.peer.apply_answer(sdp).await.map_err(|e| {
-                    ClientError::new(ErrorCode::InvalidSdp, format!("answer rejected: {e}"))
-                })?;
+                if let Err(e) = j.peer.apply_answer(sdp).await {
+                    if !j.peer.awaiting_answer() {
+                        // The stack consumed the offer before failing: start over with a
+                        // fresh offer rather than wait for an answer that can never apply.
+                        warn!(parent: &j.span, error = %e, "an answer failed after consuming the offer");
+                        j.negotiation = Negotiation::Stable { dirty: true };
+                    }
+                    return Err(ClientError::new(
+                        ErrorCode::InvalidSdp,
+                        format!("answer rejected: {e}"),
+                    ));
+                }
                 j.negotiation = Negotiation::Stable { dirty };
                 for track in offered {
                     if let Some(s) = j.subscriptions.get_mut(&track) {
