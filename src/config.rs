@@ -21,7 +21,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
@@ -92,20 +92,6 @@ pub struct LogConfig {
     pub format: String,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            http: HttpConfig::default(),
-            rtc: RtcConfig::default(),
-            ice_servers: Vec::new(),
-            limits: LimitsConfig::default(),
-            timeouts: TimeoutsConfig::default(),
-            media: MediaConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
@@ -132,7 +118,7 @@ impl Default for LimitsConfig {
             max_rooms: 1000,
             max_participants_per_room: 100,
             max_tracks_per_participant: 8,
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: 256 * 1024,
             max_name_chars: 64,
         }
     }
@@ -244,13 +230,25 @@ impl Config {
                 "limits.max_tracks_per_participant",
                 self.limits.max_tracks_per_participant as u64,
             ),
-            ("limits.max_message_bytes", self.limits.max_message_bytes as u64),
+            (
+                "limits.max_message_bytes",
+                self.limits.max_message_bytes as u64,
+            ),
             ("limits.max_name_chars", self.limits.max_name_chars as u64),
-            ("timeouts.peer_disconnected_ms", self.timeouts.peer_disconnected_ms),
-            ("timeouts.ice_disconnected_ms", self.timeouts.ice_disconnected_ms),
+            (
+                "timeouts.peer_disconnected_ms",
+                self.timeouts.peer_disconnected_ms,
+            ),
+            (
+                "timeouts.ice_disconnected_ms",
+                self.timeouts.ice_disconnected_ms,
+            ),
             ("timeouts.ice_failed_ms", self.timeouts.ice_failed_ms),
             ("timeouts.session_idle_ms", self.timeouts.session_idle_ms),
-            ("media.egress_queue_packets", self.media.egress_queue_packets as u64),
+            (
+                "media.egress_queue_packets",
+                self.media.egress_queue_packets as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -320,7 +318,10 @@ mod tests {
     #[test]
     fn env_overrides_the_file_and_parses_types() {
         let env = [
-            ("PLAZA_HTTP__LISTEN".to_string(), "127.0.0.1:9000".to_string()),
+            (
+                "PLAZA_HTTP__LISTEN".to_string(),
+                "127.0.0.1:9000".to_string(),
+            ),
             ("PLAZA_RTC__UDP_PORT".to_string(), "40000".to_string()),
             (
                 "PLAZA_RTC__ADVERTISE_IPS".to_string(),
@@ -343,7 +344,11 @@ mod tests {
 
         let mut c = Config::default();
         c.limits.max_message_bytes = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("limits.max_message_bytes"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("limits.max_message_bytes"));
 
         let err = Config::load(None, [("PLAZA_RTC__NOPE".into(), "1".into())])
             .unwrap_err()

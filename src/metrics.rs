@@ -2,9 +2,7 @@
 //! servers in one test process never mix their numbers), carried in the app state.
 //! Names start with `plaza_`; labels are bounded sets (kinds, reasons, codes), never ids.
 
-use prometheus::{
-    Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// The roles of the tasks Plaza spawns, the `role` label of `plaza_tasks`.
 pub const TASK_ROLES: &[&str] = &[
@@ -39,12 +37,17 @@ impl Metrics {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition");
-            registry.register(Box::new(g.clone())).expect("registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
             g
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("registered once");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
             c
         };
         let tasks = IntGaugeVec::new(
@@ -59,7 +62,10 @@ impl Metrics {
             rooms: gauge("plaza_rooms", "Rooms that exist now."),
             participants: gauge("plaza_participants", "Participants joined now."),
             published_tracks: gauge("plaza_published_tracks", "Tracks being published now."),
-            subscriptions: gauge("plaza_subscriptions", "Subscriptions (one subscriber's copy of one track) now."),
+            subscriptions: gauge(
+                "plaza_subscriptions",
+                "Subscriptions (one subscriber's copy of one track) now.",
+            ),
             peer_connections: gauge("plaza_peer_connections", "Peer connections open now."),
             tasks,
             rtp_packets: counter(

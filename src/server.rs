@@ -49,6 +49,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/api/rooms", get(rooms))
         .route("/ws", get(websocket))
         .fallback_service(static_files)
         .with_state(state)
@@ -60,6 +61,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+#[derive(serde::Serialize)]
+struct RoomListing {
+    name: String,
+    participants: usize,
+}
+
+/// The rooms that are live now, for the lobby: `{"rooms":[{"name","participants"}]}`.
+async fn rooms(State(state): State<AppState>) -> Response {
+    let rooms: Vec<RoomListing> = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|(name, participants)| RoomListing { name, participants })
+        .collect();
+    axum::Json(serde_json::json!({ "rooms": rooms })).into_response()
 }
 
 async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
@@ -102,4 +120,3 @@ pub async fn start(
         done,
     })
 }
-

@@ -22,7 +22,10 @@ async fn expect_error(client: &Client, seen: &mut usize, code: &str, request: Op
         "errors carry a readable message: {e}"
     );
     if let Some(r) = request {
-        assert_eq!(e["request"], r, "error names the offending message type: {e}");
+        assert_eq!(
+            e["request"], r,
+            "error names the offending message type: {e}"
+        );
     }
 }
 
@@ -43,7 +46,10 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
     let ids = vec![ann.participant_id().await, bob.participant_id().await];
     for c in [&ann, &bob] {
-        wait_for("the call to flow", Duration::from_secs(15), || c.flowing_tracks(20) == 2).await;
+        wait_for("the call to flow", Duration::from_secs(15), || {
+            c.flowing_tracks(20) == 2
+        })
+        .await;
     }
 
     let x = Client::connect(&url, "Xavier", &quiet()).await;
@@ -51,7 +57,8 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
 
     // Before joining: only join and ping are allowed.
     x.send(json!({"type": "ping", "id": 7}));
-    x.wait_message("pong", T, |m| m["type"] == "pong" && m["id"] == 7).await;
+    x.wait_message("pong", T, |m| m["type"] == "pong" && m["id"] == 7)
+        .await;
     for msg in [
         json!({"type": "publish", "tracks": []}),
         json!({"type": "answer", "sdp": "v=0"}),
@@ -73,7 +80,7 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     expect_error(&x, &mut seen, "unknown-type", Some("dance")).await;
     x.send_binary(vec![0xde, 0xad, 0xbe, 0xef]);
     expect_error(&x, &mut seen, "malformed-message", None).await;
-    let huge = json!({"type": "chat", "text": "x".repeat(100_000)});
+    let huge = json!({"type": "chat", "text": "x".repeat(300_000)});
     x.send(huge);
     expect_error(&x, &mut seen, "message-too-large", None).await;
     // Invalid joins.
@@ -96,10 +103,13 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     expect_error(&x, &mut seen, "too-many-tracks", Some("join")).await;
 
     // A good join after all that: the session went on.
-    x.send(json!({"type": "join", "version": 1, "room": "call", "name": "Xavier",
-        "publish": [{"cid": "mic", "kind": "audio"}]}));
+    x.send(
+        json!({"type": "join", "version": 1, "room": "call", "name": "Xavier",
+        "publish": [{"cid": "mic", "kind": "audio"}]}),
+    );
     x.wait_message("joined", T, |m| m["type"] == "joined").await;
-    x.wait_message("an offer", T, |m| m["type"] == "offer").await;
+    x.wait_message("an offer", T, |m| m["type"] == "offer")
+        .await;
     x.send(json!({"type": "join", "version": 1, "room": "other", "name": "X"}));
     expect_error(&x, &mut seen, "already-joined", Some("join")).await;
 
@@ -136,7 +146,11 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     expect_error(&x, &mut seen, "invalid-message", Some("chat")).await;
     x.send(json!({"type": "candidate", "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}}));
     expect_error(&x, &mut seen, "invalid-candidate", Some("candidate")).await;
-    let eight: Vec<_> = (0..8).map(|i| json!({"cid": format!("c{i}"), "kind": "video"})).collect();
+    x.send(json!({"type": "publish", "tracks": [{"cid": "mic", "kind": "audio"}]}));
+    expect_error(&x, &mut seen, "invalid-message", Some("publish")).await;
+    let eight: Vec<_> = (0..8)
+        .map(|i| json!({"cid": format!("c{i}"), "kind": "video"}))
+        .collect();
     x.send(json!({"type": "publish", "tracks": eight}));
     expect_error(&x, &mut seen, "too-many-tracks", Some("publish")).await;
 
@@ -166,14 +180,23 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
 
     // The session is still usable, and the server still answers.
     x.send(json!({"type": "ping", "id": 8}));
-    x.wait_message("pong 8", T, |m| m["type"] == "pong" && m["id"] == 8).await;
+    x.wait_message("pong 8", T, |m| m["type"] == "pong" && m["id"] == 8)
+        .await;
     assert_eq!(x.messages_of("error").len(), seen, "no unexplained errors");
 
     // Ann and Bob never noticed: still two members, media intact and complete.
     for c in [&ann, &bob] {
-        let before = c.received().values().map(|t| t.packets.len()).sum::<usize>();
+        let before = c
+            .received()
+            .values()
+            .map(|t| t.packets.len())
+            .sum::<usize>();
         wait_for("media to keep flowing", T, || {
-            c.received().values().map(|t| t.packets.len()).sum::<usize>() > before + 50
+            c.received()
+                .values()
+                .map(|t| t.packets.len())
+                .sum::<usize>()
+                > before + 50
         })
         .await;
         assert!(
@@ -184,7 +207,8 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     }
     x.leave();
     for c in [&ann, &bob] {
-        c.wait_message("Xavier left", T, |m| m["type"] == "participant-left").await;
+        c.wait_message("Xavier left", T, |m| m["type"] == "participant-left")
+            .await;
     }
     let clients = [ann, bob];
     stop_and_verify(&clients, &ids).await;
@@ -214,7 +238,8 @@ async fn room_and_server_limits_are_enforced_with_their_codes() {
     expect_error(&c, &mut seen, "too-many-rooms", Some("join")).await;
     // When a place frees up, the same connection can join.
     a.leave();
-    b.wait_message("A left", T, |m| m["type"] == "participant-left").await;
+    b.wait_message("A left", T, |m| m["type"] == "participant-left")
+        .await;
     c.send(json!({"type": "join", "version": 1, "room": "small", "name": "C"}));
     c.wait_message("joined", T, |m| m["type"] == "joined").await;
     for client in [a, b, c] {

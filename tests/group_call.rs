@@ -35,7 +35,10 @@ async fn three_participants_each_receive_the_other_two_intact_in_order() {
         let received = c.received();
         assert_eq!(received.len(), 4, "{} has {:?}", c.name, received.keys());
         for other in ids.iter().filter(|o| *o != id) {
-            let from: Vec<_> = received.values().filter(|t| &t.stream_id == other).collect();
+            let from: Vec<_> = received
+                .values()
+                .filter(|t| &t.stream_id == other)
+                .collect();
             assert_eq!(from.len(), 2, "{} gets two tracks from {other}", c.name);
             assert_eq!(from.iter().filter(|t| t.video).count(), 1);
         }
@@ -70,17 +73,30 @@ async fn a_late_joiner_gets_a_keyframe_first_within_one_second() {
         clients.push(Client::join(&url, "late", name, options.clone()).await);
     }
     for c in &clients {
-        wait_for(&format!("{} media", c.name), SETUP, || c.flowing_tracks(20) == 4).await;
+        wait_for(&format!("{} media", c.name), SETUP, || {
+            c.flowing_tracks(20) == 4
+        })
+        .await;
     }
     let plis_before: u64 = clients
         .iter()
-        .map(|c| c.video.as_ref().unwrap().plis.load(std::sync::atomic::Ordering::SeqCst))
+        .map(|c| {
+            c.video
+                .as_ref()
+                .unwrap()
+                .plis
+                .load(std::sync::atomic::Ordering::SeqCst)
+        })
         .sum();
 
     let joined_at = std::time::Instant::now();
     let dee = Client::join(&url, "late", "Dee", options.clone()).await;
     wait_for("Dee to receive the three video tracks", SETUP, || {
-        dee.received().values().filter(|t| t.video && !t.packets.is_empty()).count() == 3
+        dee.received()
+            .values()
+            .filter(|t| t.video && !t.packets.is_empty())
+            .count()
+            == 3
     })
     .await;
     for t in dee.received().values().filter(|t| t.video) {
@@ -93,13 +109,25 @@ async fn a_late_joiner_gets_a_keyframe_first_within_one_second() {
         );
         let after = first.at.duration_since(joined_at);
         eprintln!("Dee: first video of {} after {after:?}", t.stream_id);
-        assert!(after <= Duration::from_secs(1), "first video after {after:?}");
+        assert!(
+            after <= Duration::from_secs(1),
+            "first video after {after:?}"
+        );
     }
     let plis_after: u64 = clients
         .iter()
-        .map(|c| c.video.as_ref().unwrap().plis.load(std::sync::atomic::Ordering::SeqCst))
+        .map(|c| {
+            c.video
+                .as_ref()
+                .unwrap()
+                .plis
+                .load(std::sync::atomic::Ordering::SeqCst)
+        })
         .sum();
-    assert!(plis_after >= plis_before + 3, "each publisher was asked for a keyframe");
+    assert!(
+        plis_after >= plis_before + 3,
+        "each publisher was asked for a keyframe"
+    );
 
     for c in clients.into_iter().chain([dee]) {
         c.leave();
@@ -160,7 +188,10 @@ async fn leaving_dropping_and_timing_out_remove_participants_and_their_tracks() 
     let mut ids = Vec::new();
     for c in &clients {
         ids.push(c.participant_id().await);
-        wait_for(&format!("{} media", c.name), SETUP, || c.flowing_tracks(10) == 6).await;
+        wait_for(&format!("{} media", c.name), SETUP, || {
+            c.flowing_tracks(10) == 6
+        })
+        .await;
     }
     let [ann, bob, cho, dee] = <[Client; 4]>::try_from(clients).ok().unwrap();
 
@@ -169,9 +200,11 @@ async fn leaving_dropping_and_timing_out_remove_participants_and_their_tracks() 
     for c in [&bob, &cho, &dee] {
         let mids = mids_from(c, &ids[0]);
         assert_eq!(mids.len(), 2, "{} received Ann on two mids", c.name);
-        wait_for(&format!("{} to hear Ann left", c.name), Duration::from_secs(3), || {
-            left(c, &ids[0]).as_deref() == Some("left")
-        })
+        wait_for(
+            &format!("{} to hear Ann left", c.name),
+            Duration::from_secs(3),
+            || left(c, &ids[0]).as_deref() == Some("left"),
+        )
         .await;
         common::wait_for_async(
             &format!("Ann's tracks to become inactive on {}'s connection", c.name),
@@ -181,14 +214,19 @@ async fn leaving_dropping_and_timing_out_remove_participants_and_their_tracks() 
         .await;
     }
     ann.close().await;
-    wait_for("3 participants", Duration::from_secs(3), || server.gauge("participants") == 3).await;
+    wait_for("3 participants", Duration::from_secs(3), || {
+        server.gauge("participants") == 3
+    })
+    .await;
 
     // Dee's browser crashes: the socket drops without a close frame.
     dee.kill_socket();
     for c in [&bob, &cho] {
-        wait_for(&format!("{} to hear Dee dropped", c.name), Duration::from_secs(3), || {
-            left(c, &ids[3]).as_deref() == Some("disconnected")
-        })
+        wait_for(
+            &format!("{} to hear Dee dropped", c.name),
+            Duration::from_secs(3),
+            || left(c, &ids[3]).as_deref() == Some("disconnected"),
+        )
         .await;
     }
     dee.close().await;
@@ -203,9 +241,19 @@ async fn leaving_dropping_and_timing_out_remove_participants_and_their_tracks() 
     .await;
     let after = cut_at.elapsed();
     eprintln!("Cho removed {after:?} after its network was cut");
-    assert!(after >= Duration::from_secs(2), "removed before the timeout: {after:?}");
-    wait_for("1 participant", Duration::from_secs(3), || server.gauge("participants") == 1).await;
-    assert_eq!(server.gauge("published_tracks"), 2, "only Bob's tracks remain");
+    assert!(
+        after >= Duration::from_secs(2),
+        "removed before the timeout: {after:?}"
+    );
+    wait_for("1 participant", Duration::from_secs(3), || {
+        server.gauge("participants") == 1
+    })
+    .await;
+    assert_eq!(
+        server.gauge("published_tracks"),
+        2,
+        "only Bob's tracks remain"
+    );
     cho.close().await;
 
     bob.leave();
@@ -246,7 +294,10 @@ async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
     for (c, id) in clients.iter().zip(&ids) {
         let received = c.received();
         assert_eq!(received.len(), 18);
-        assert!(received.values().all(|t| &t.stream_id != id), "nobody receives themself");
+        assert!(
+            received.values().all(|t| &t.stream_id != id),
+            "nobody receives themself"
+        );
     }
     stop_and_verify(&clients, &ids).await;
     for c in clients {

@@ -90,8 +90,7 @@ fn vp8_keyframe_start(p: &[u8]) -> bool {
 
 /// RFC 9628: B (beginning of frame) set and P (inter-picture predicted) clear.
 fn vp9_keyframe_start(p: &[u8]) -> bool {
-    p.first()
-        .is_some_and(|&d| d & 0x08 != 0 && d & 0x40 == 0)
+    p.first().is_some_and(|&d| d & 0x08 != 0 && d & 0x40 == 0)
 }
 
 /// RFC 6184: an IDR slice or SPS alone, inside a STAP-A, or at the start of an FU-A.

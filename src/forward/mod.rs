@@ -216,7 +216,12 @@ impl Router {
 
     /// The subscriber can now receive `track`: start forwarding (audio) or ask for a keyframe
     /// to start from (video).
-    pub fn handle_consumer_ready(&mut self, subscriber: ParticipantId, track: TrackId, now: Instant) {
+    pub fn handle_consumer_ready(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        now: Instant,
+    ) {
         let Some(p) = self.producers.get_mut(&track) else {
             return;
         };
@@ -306,7 +311,8 @@ impl Router {
                     continue;
                 }
                 ConsumerState::AwaitingKeyframe => {
-                    let is_key = *keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
+                    let is_key =
+                        *keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
                     if !is_key {
                         *self.drops.entry(DropReason::AwaitingKeyframe).or_default() += 1;
                         continue;

@@ -122,7 +122,10 @@ mod tests {
     fn sequence_and_timestamp_wrap_around() {
         let now = Instant::now();
         let mut r = SeqTsRewriter::new(90_000);
-        assert_eq!(r.rewrite(65535, u32::MAX - 10, now), Some((65535, u32::MAX - 10)));
+        assert_eq!(
+            r.rewrite(65535, u32::MAX - 10, now),
+            Some((65535, u32::MAX - 10))
+        );
         assert_eq!(r.rewrite(0, 3000 - 11, now), Some((0, 3000 - 11)));
         assert_eq!(r.rewrite(1, 5989, now), Some((1, 5989)));
     }
@@ -138,7 +141,11 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         let (seq, ts) = r.rewrite(4242, 777_777, t1).unwrap();
         assert_eq!(seq, 0, "sequence continues across the wrap");
-        assert_eq!(ts, 3100 + 9000, "timestamp advances by the 100 ms that passed");
+        assert_eq!(
+            ts,
+            3100 + 9000,
+            "timestamp advances by the 100 ms that passed"
+        );
         assert_eq!(r.rewrite(4243, 777_777 + 3000, t1), Some((1, 3100 + 12000)));
     }
 
@@ -163,7 +170,10 @@ mod tests {
         assert_eq!(r.rewrite(11, 0, t0), Some((11, 0)));
         r.reset_source();
         let (seq, _) = r.rewrite(50, 0, t0).unwrap();
-        assert_eq!(seq, 13, "continues after the highest sent, not the late one");
+        assert_eq!(
+            seq, 13,
+            "continues after the highest sent, not the late one"
+        );
     }
 
     #[test]

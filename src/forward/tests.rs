@@ -63,7 +63,10 @@ fn audio_fans_out_to_every_ready_consumer_and_not_to_the_publisher() {
     let mut r = router();
     assert!(r.add_consumer(SUB_A, AUDIO));
     assert!(r.add_consumer(SUB_B, AUDIO));
-    assert!(!r.add_consumer(PUB, AUDIO), "nobody consumes their own track");
+    assert!(
+        !r.add_consumer(PUB, AUDIO),
+        "nobody consumes their own track"
+    );
     assert!(!r.add_consumer(SUB_A, AUDIO), "no duplicate consumers");
     r.handle_consumer_ready(SUB_A, AUDIO, now);
     r.handle_consumer_ready(SUB_B, AUDIO, now);
@@ -109,7 +112,10 @@ fn video_starts_at_a_keyframe_requested_on_readiness() {
     r.handle_rtp(VIDEO, packet(9, 504, 9000, VP8_DELTA), now);
     let out = drain(&mut r);
     // The first packet forwarded is the keyframe, and the skipped deltas leave no gap.
-    assert_eq!(rtp_for(&out, SUB_A), vec![(502, 6000), (503, 6000), (504, 9000)]);
+    assert_eq!(
+        rtp_for(&out, SUB_A),
+        vec![(502, 6000), (503, 6000), (504, 9000)]
+    );
 }
 
 #[test]
@@ -124,14 +130,26 @@ fn keyframe_requests_are_throttled_per_track_and_the_owed_one_is_sent_later() {
     for i in 0..20 {
         r.handle_keyframe_request(SUB_A, VIDEO, t0 + Duration::from_millis(20 + i));
     }
-    assert_eq!(keyframe_requests(&drain(&mut r)), 1, "one request in 500 ms");
+    assert_eq!(
+        keyframe_requests(&drain(&mut r)),
+        1,
+        "one request in 500 ms"
+    );
     assert!(r.poll_timeout().is_some(), "a request is owed");
     r.handle_timeout(t0 + Duration::from_millis(499));
     assert_eq!(keyframe_requests(&drain(&mut r)), 0);
     r.handle_timeout(t0 + Duration::from_millis(500));
-    assert_eq!(keyframe_requests(&drain(&mut r)), 1, "the owed request goes out");
+    assert_eq!(
+        keyframe_requests(&drain(&mut r)),
+        1,
+        "the owed request goes out"
+    );
     // The keyframe arrives: nobody waits, nothing is owed.
-    r.handle_rtp(VIDEO, packet(9, 2, 3000, VP8_KEY), t0 + Duration::from_millis(600));
+    r.handle_rtp(
+        VIDEO,
+        packet(9, 2, 3000, VP8_KEY),
+        t0 + Duration::from_millis(600),
+    );
     r.handle_timeout(t0 + Duration::from_millis(2000));
     assert_eq!(keyframe_requests(&drain(&mut r)), 0);
     assert!(r.poll_timeout().is_none());
@@ -196,7 +214,11 @@ fn a_new_publisher_ssrc_rebases_and_waits_for_its_keyframe() {
     let out = drain(&mut r);
     let sent = rtp_for(&out, SUB_A);
     assert_eq!(sent[..2], [(101, 1000), (102, 4000)]);
-    assert_eq!(sent[2], (103, 4000 + 18_000), "continues seq; ts advances 200 ms");
+    assert_eq!(
+        sent[2],
+        (103, 4000 + 18_000),
+        "continues seq; ts advances 200 ms"
+    );
     assert_eq!(sent.len(), 3);
 }
 

@@ -6,6 +6,4 @@ mod registry;
 mod room;
 
 pub use registry::Registry;
-pub use room::{
-    IngestPacket, JoinAccepted, RoomCommand, RoomHandle, SessionEvent, Subscription,
-};
+pub use room::{IngestPacket, JoinAccepted, RoomCommand, RoomHandle, SessionEvent, Subscription};

@@ -40,9 +40,21 @@ impl Registry {
         }
     }
 
-    /// Live rooms with their handles, for listing.
-    pub fn room_names(&self) -> Vec<String> {
-        self.rooms.iter().map(|e| e.key().clone()).collect()
+    /// Live rooms that have members, with their participant counts, sorted by name.
+    pub fn list(&self) -> Vec<(String, usize)> {
+        let mut rooms: Vec<(String, usize)> = self
+            .rooms
+            .iter()
+            .map(|e| {
+                (
+                    e.key().clone(),
+                    e.value().participants.load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        rooms.sort();
+        rooms
     }
 
     pub fn room_count(&self) -> usize {

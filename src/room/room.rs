@@ -7,6 +7,7 @@
 //! next keyframe.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,9 +15,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 
-use crate::forward::{
-    MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId,
-};
+use crate::forward::{MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId};
 use crate::metrics::Metrics;
 use crate::rtc::{CodecSpec, EgressItem};
 use crate::signal::protocol::{
@@ -102,6 +101,8 @@ pub struct RoomHandle {
     pub(super) id: u64,
     pub commands: mpsc::Sender<RoomCommand>,
     pub media: mpsc::Sender<IngestPacket>,
+    /// Members right now, written only by the room task; read for listings.
+    pub participants: Arc<AtomicUsize>,
 }
 
 struct Member {
@@ -147,9 +148,11 @@ impl RoomTask {
             id: self.id,
             commands: commands_tx,
             media: media_tx,
+            participants: Arc::new(AtomicUsize::new(0)),
         };
         let span = tracing::info_span!("room", room = %self.name);
-        tokio::spawn(self.run(commands, media).instrument(span));
+        let participants = handle.participants.clone();
+        tokio::spawn(self.run(commands, media, participants).instrument(span));
         handle
     }
 
@@ -157,6 +160,7 @@ impl RoomTask {
         self,
         mut commands: mpsc::Receiver<RoomCommand>,
         mut media: mpsc::Receiver<IngestPacket>,
+        participants: Arc<AtomicUsize>,
     ) {
         let _task = self.metrics.task("room");
         self.metrics.rooms.inc();
@@ -176,6 +180,7 @@ impl RoomTask {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     state.handle_command(command);
+                    participants.store(state.members.len(), Ordering::Relaxed);
                     if state.members.is_empty() {
                         break;
                     }
@@ -295,7 +300,10 @@ impl RoomState {
         if self.members.len() >= self.max_participants {
             let _ = reply.send(Err(ClientError::new(
                 ErrorCode::RoomFull,
-                format!("the room has its maximum of {} participants", self.max_participants),
+                format!(
+                    "the room has its maximum of {} participants",
+                    self.max_participants
+                ),
             )));
             return;
         }
@@ -347,19 +355,25 @@ impl RoomState {
         };
         self.metrics.participants.dec();
         let tracks = self.router.remove_participant(participant);
+        // The notice goes first, so clients know why the renegotiation that follows happens.
         for m in self.members.values() {
-            for track in &tracks {
-                let _ = m.events.send(SessionEvent::Unsubscribe { track: *track });
-            }
             m.send(ServerMessage::ParticipantLeft {
                 participant_id: participant,
                 reason,
             });
+            for track in &tracks {
+                let _ = m.events.send(SessionEvent::Unsubscribe { track: *track });
+            }
         }
         info!(participant = %participant, ?reason, "left");
     }
 
-    fn handle_track_started(&mut self, participant: ParticipantId, track: TrackInfo, codec: CodecSpec) {
+    fn handle_track_started(
+        &mut self,
+        participant: ParticipantId,
+        track: TrackInfo,
+        codec: CodecSpec,
+    ) {
         let Some(member) = self.members.get_mut(&participant) else {
             return;
         };
@@ -376,15 +390,15 @@ impl RoomState {
             if *id == participant || !self.router.add_consumer(*id, track.id) {
                 continue;
             }
+            m.send(ServerMessage::TrackPublished {
+                participant_id: participant,
+                track: track.clone(),
+            });
             let _ = m.events.send(SessionEvent::Subscribe(Subscription {
                 publisher: participant,
                 track: track.clone(),
                 codec: codec.clone(),
             }));
-            m.send(ServerMessage::TrackPublished {
-                participant_id: participant,
-                track: track.clone(),
-            });
         }
     }
 
@@ -397,17 +411,17 @@ impl RoomState {
         if member.tracks.len() == before {
             return;
         }
-        for subscriber in self.router.remove_producer(track) {
-            if let Some(m) = self.members.get(&subscriber) {
-                let _ = m.events.send(SessionEvent::Unsubscribe { track });
-            }
-        }
         for (id, m) in &self.members {
             if *id != participant {
                 m.send(ServerMessage::TrackUnpublished {
                     participant_id: participant,
                     track_id: track,
                 });
+            }
+        }
+        for subscriber in self.router.remove_producer(track) {
+            if let Some(m) = self.members.get(&subscriber) {
+                let _ = m.events.send(SessionEvent::Unsubscribe { track });
             }
         }
     }
@@ -461,7 +475,9 @@ impl RoomState {
                     ));
                 };
                 target.send(message.clone());
-                sender.send(message);
+                if to != from {
+                    sender.send(message);
+                }
             }
             None => {
                 for m in self.members.values() {
@@ -516,7 +532,9 @@ impl RoomState {
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
                     }
                 }
-                Output::RequestKeyframe { publisher, ssrc, .. } => {
+                Output::RequestKeyframe {
+                    publisher, ssrc, ..
+                } => {
                     if let Some(m) = self.members.get(&publisher) {
                         let _ = m.events.send(SessionEvent::RequestKeyframe { ssrc });
                     }

@@ -54,11 +54,17 @@ pub struct RtcEngine {
 impl RtcEngine {
     /// Binds the shared UDP socket. Must run inside a Tokio runtime.
     pub fn bind(config: &Config, metrics: Metrics) -> Result<RtcEngine, RtcError> {
-        let ip: IpAddr = config.rtc.udp_bind.parse().expect("validated: rtc.udp_bind");
+        let ip: IpAddr = config
+            .rtc
+            .udp_bind
+            .parse()
+            .expect("validated: rtc.udp_bind");
         let addr = SocketAddr::new(ip, config.rtc.udp_port);
         let socket = bind_udp(addr, config.rtc.udp_recv_buffer_bytes)
             .map_err(|source| RtcError::Bind { addr, source })?;
-        let udp_addr = socket.local_addr().map_err(|source| RtcError::Bind { addr, source })?;
+        let udp_addr = socket
+            .local_addr()
+            .map_err(|source| RtcError::Bind { addr, source })?;
         let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
         Ok(RtcEngine {
             mux,

@@ -238,6 +238,13 @@ impl RtcEngine {
         }
         settings.set_network_types(network_types);
         settings.set_include_loopback_candidate(true);
+        // Nominate a working pair at once. We are the controlling agent (we offer), and a
+        // client is usually first seen as peer-reflexive (its trickled candidate arrives after
+        // its first check; browsers' mDNS candidates never resolve): webrtc-ice would wait 1 s
+        // for a better pair before nominating such a candidate, which delays every join.
+        settings.set_host_acceptance_min_wait(Some(Duration::ZERO));
+        settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
+        settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         if !self.advertise_ips.is_empty() {
             // Advertise exactly the configured addresses: gather from loopback only (present
             // on every host) and map it 1:1, so each address appears once, whatever
@@ -507,13 +514,20 @@ fn check_answer_matches_offer(offer: &str, answer: &str) -> Result<(), String> {
         .enumerate()
     {
         if a.media_name.media != o.media_name.media {
-            return Err(format!("m-line {i} is {:?}, offered {:?}", a.media_name.media, o.media_name.media));
+            return Err(format!(
+                "m-line {i} is {:?}, offered {:?}",
+                a.media_name.media, o.media_name.media
+            ));
         }
         let mid = |m: &webrtc::sdp::description::media::MediaDescription| {
             m.attribute("mid").flatten().map(str::to_owned)
         };
         if mid(a) != mid(o) {
-            return Err(format!("m-line {i} has mid {:?}, offered {:?}", mid(a), mid(o)));
+            return Err(format!(
+                "m-line {i} has mid {:?}, offered {:?}",
+                mid(a),
+                mid(o)
+            ));
         }
     }
     let has = |key: &str| {

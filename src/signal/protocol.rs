@@ -287,7 +287,15 @@ impl ClientError {
 
 /// Message types a client may send, for telling `unknown-type` from `invalid-message`.
 const CLIENT_TYPES: &[&str] = &[
-    "join", "publish", "unpublish", "mute", "answer", "candidate", "chat", "ping", "leave",
+    "join",
+    "publish",
+    "unpublish",
+    "mute",
+    "answer",
+    "candidate",
+    "chat",
+    "ping",
+    "leave",
 ];
 
 /// Parses one text frame, classifying what is wrong with it when it cannot be used.
@@ -295,7 +303,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         ClientError::new(ErrorCode::MalformedMessage, format!("not valid JSON: {e}"))
     })?;
-    let Some(kind) = value.get("type").and_then(|t| t.as_str()).map(str::to_owned) else {
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
         return Err(ClientError::new(
             ErrorCode::MalformedMessage,
             "expected a JSON object with a string \"type\" field",
@@ -340,11 +352,17 @@ mod tests {
             ErrorCode::MalformedMessage
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"dance"}"#).unwrap_err().code,
+            parse_client_message(r#"{"type":"dance"}"#)
+                .unwrap_err()
+                .code,
             ErrorCode::UnknownType
         );
-        let e = parse_client_message(r#"{"type":"mute","track_id":"p1","muted":true}"#).unwrap_err();
-        assert_eq!((e.code, e.request.as_deref()), (ErrorCode::InvalidMessage, Some("mute")));
+        let e =
+            parse_client_message(r#"{"type":"mute","track_id":"p1","muted":true}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.request.as_deref()),
+            (ErrorCode::InvalidMessage, Some("mute"))
+        );
         assert!(parse_client_message(r#"{"type":"leave"}"#).is_ok());
         assert!(parse_client_message(r#"{"type":"candidate","candidate":null}"#).is_ok());
     }

@@ -163,7 +163,14 @@ impl Session {
             Input::Room(None) => Some(End::SocketClosed),
             Input::Room(Some(event)) => {
                 self.handle_room_event(event).await;
-                self.negotiate().await;
+                // Changes that arrive together go into one offer.
+                if self
+                    .joined
+                    .as_ref()
+                    .is_some_and(|j| j.room_events.is_empty())
+                {
+                    self.negotiate().await;
+                }
                 None
             }
             Input::Peer(None) => Some(End::PeerLost),
@@ -182,9 +189,13 @@ impl Session {
         if now.duration_since(self.last_heard_at) >= Duration::from_millis(t.session_idle_ms) {
             return Some(End::TimedOut);
         }
-        let lost = self.joined.as_ref().and_then(|j| j.disconnected_since).is_some_and(|since| {
-            now.duration_since(since) >= Duration::from_millis(t.peer_disconnected_ms)
-        });
+        let lost = self
+            .joined
+            .as_ref()
+            .and_then(|j| j.disconnected_since)
+            .is_some_and(|since| {
+                now.duration_since(since) >= Duration::from_millis(t.peer_disconnected_ms)
+            });
         lost.then_some(End::TimedOut)
     }
 
@@ -206,7 +217,10 @@ impl Session {
         if text.len() > limit {
             self.send_error(ClientError::new(
                 ErrorCode::MessageTooLarge,
-                format!("message of {} bytes exceeds the limit of {limit}", text.len()),
+                format!(
+                    "message of {} bytes exceeds the limit of {limit}",
+                    text.len()
+                ),
             ))
             .await;
             return None;
@@ -277,10 +291,16 @@ impl Session {
         };
         let max_tracks = self.state.config.limits.max_tracks_per_participant;
         match message {
-            ClientMessage::Join { .. } | ClientMessage::Ping { .. } => unreachable!("handled above"),
+            ClientMessage::Join { .. } | ClientMessage::Ping { .. } => {
+                unreachable!("handled above")
+            }
             ClientMessage::Leave {} => return Ok(Some(End::Left)),
             ClientMessage::Publish { tracks } => {
-                validate_publish(&tracks, j.publications.len(), max_tracks)?;
+                validate_publish(
+                    &tracks,
+                    j.publications.values().map(|p| p.cid.as_str()),
+                    max_tracks,
+                )?;
                 j.add_publications(&tracks, &self.state).await?;
             }
             ClientMessage::Unpublish { track_id } => {
@@ -411,7 +431,11 @@ impl Session {
         check_text("room", &room, MAX_ROOM_CHARS)?;
         let name = name.trim().to_owned();
         check_text("name", &name, limits.max_name_chars)?;
-        validate_publish(&publish, 0, limits.max_tracks_per_participant)?;
+        validate_publish(
+            &publish,
+            std::iter::empty(),
+            limits.max_tracks_per_participant,
+        )?;
 
         let id = self.state.ids.participant();
         let span = tracing::info_span!("participant", room = %room, participant = %id);
@@ -678,7 +702,10 @@ impl Joined {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             },
-            (state.metrics.task("ingest"), state.metrics.task("ingest_rtcp")),
+            (
+                state.metrics.task("ingest"),
+                state.metrics.task("ingest_rtcp"),
+            ),
         );
         debug!(parent: &self.span, track = %track_id, codec = %codec.mime_type, "media started");
         self.tell_room(RoomCommand::TrackStarted {
@@ -699,7 +726,10 @@ impl Joined {
                 Feedback::Pli => "pli",
                 Feedback::Fir => "fir",
                 Feedback::Nack => {
-                    metrics.nacks_received.with_label_values(&["subscriber"]).inc();
+                    metrics
+                        .nacks_received
+                        .with_label_values(&["subscriber"])
+                        .inc();
                     return;
                 }
             };
@@ -762,18 +792,27 @@ impl Joined {
     }
 }
 
-fn validate_publish(
+/// Checks publish requests against the limit and the cids already in use.
+fn validate_publish<'a>(
     requests: &[PublishRequest],
-    already: usize,
+    published: impl Iterator<Item = &'a str> + Clone,
     max: usize,
 ) -> Result<(), ClientError> {
-    if already + requests.len() > max {
+    if published.clone().count() + requests.len() > max {
         return Err(ClientError::new(
             ErrorCode::TooManyTracks,
             format!("at most {max} published tracks per participant"),
         ));
     }
-    for r in requests {
+    for (i, r) in requests.iter().enumerate() {
+        if requests[..i].iter().any(|other| other.cid == r.cid)
+            || published.clone().any(|cid| cid == r.cid)
+        {
+            return Err(ClientError::new(
+                ErrorCode::InvalidMessage,
+                format!("cid {:?} is already in use", r.cid),
+            ));
+        }
         let chars = r.cid.chars().count();
         if chars == 0 || chars > MAX_CID_CHARS {
             return Err(ClientError::new(
@@ -806,7 +845,19 @@ fn unknown_track(track: TrackId) -> ClientError {
 /// Bounded label values for the messages counter: known types, or "invalid".
 fn label_for(kind: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "join", "publish", "unpublish", "mute", "answer", "candidate", "chat", "ping", "leave",
+        "join",
+        "publish",
+        "unpublish",
+        "mute",
+        "answer",
+        "candidate",
+        "chat",
+        "ping",
+        "leave",
     ];
-    KNOWN.iter().find(|k| **k == kind).copied().unwrap_or("invalid")
+    KNOWN
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("invalid")
 }

@@ -291,7 +291,9 @@ impl Client {
             Box::pin(async {})
         }));
 
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
         let (mut ws_tx, mut ws_rx) = ws.split();
         tasks.push(tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
@@ -324,7 +326,10 @@ impl Client {
                             let _ = pc2
                                 .add_ice_candidate(RTCIceCandidateInit {
                                     candidate: c["candidate"].as_str().unwrap_or("").to_owned(),
-                                    sdp_mid: c.get("sdpMid").and_then(|m| m.as_str()).map(Into::into),
+                                    sdp_mid: c
+                                        .get("sdpMid")
+                                        .and_then(|m| m.as_str())
+                                        .map(Into::into),
                                     sdp_mline_index: c
                                         .get("sdpMLineIndex")
                                         .and_then(|m| m.as_u64())
@@ -450,7 +455,12 @@ impl Client {
     }
 
     /// Waits for a message for which `pred` holds; returns it.
-    pub async fn wait_message(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_message(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let mut found = None;
         wait_for(&format!("{} to receive {what}", self.name), timeout, || {
             found = self.messages().into_iter().find(|m| pred(m));
@@ -463,10 +473,14 @@ impl Client {
     /// Waits for the next error message after the first `skip` errors; returns its code.
     pub async fn wait_error(&self, skip: usize, timeout: Duration) -> Value {
         let mut found = None;
-        wait_for(&format!("{} to receive error #{}", self.name, skip + 1), timeout, || {
-            found = self.messages_of("error").into_iter().nth(skip);
-            found.is_some()
-        })
+        wait_for(
+            &format!("{} to receive error #{}", self.name, skip + 1),
+            timeout,
+            || {
+                found = self.messages_of("error").into_iter().nth(skip);
+                found.is_some()
+            },
+        )
         .await;
         found.unwrap()
     }
@@ -496,12 +510,17 @@ impl Client {
 
     pub fn sent_counter(&self, video: bool) -> u64 {
         let t = if video { &self.video } else { &self.audio };
-        t.as_ref().map(|t| t.counter.load(Ordering::SeqCst)).unwrap_or(0)
+        t.as_ref()
+            .map(|t| t.counter.load(Ordering::SeqCst))
+            .unwrap_or(0)
     }
 
     /// Applies the latest offer and returns the answer's SDP without sending it.
     pub async fn answer_offer(&self) -> String {
-        let offer = self.messages_of("offer").pop().expect("an offer was received");
+        let offer = self
+            .messages_of("offer")
+            .pop()
+            .expect("an offer was received");
         answer(&self.pc, &offer).await.expect("the offer applies")
     }
 

@@ -41,7 +41,13 @@ pub fn audio_payload(tag: u32, counter: u64, size: usize) -> Vec<u8> {
 }
 
 /// One video packet's payload: VP8 descriptor (+ payload header on a frame start), then body.
-pub fn video_payload(tag: u32, counter: u64, frame_start: bool, keyframe: bool, size: usize) -> Vec<u8> {
+pub fn video_payload(
+    tag: u32,
+    counter: u64,
+    frame_start: bool,
+    keyframe: bool,
+    size: usize,
+) -> Vec<u8> {
     let mut v = Vec::with_capacity(size + 2);
     if frame_start {
         v.push(0x10); // S=1, partition 0

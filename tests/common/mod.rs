@@ -83,9 +83,7 @@ impl TestServer {
     pub async fn start_with(config: Config) -> TestServer {
         config.validate().expect("test config is valid");
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,webrtc=off".into()),
-            )
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,webrtc=off".into()))
             .with_test_writer()
             .try_init();
         let (tx, rx) = oneshot::channel::<()>();

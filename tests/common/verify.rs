@@ -15,15 +15,25 @@ pub fn verify_stream(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u6
     let parsed: Vec<_> = t
         .packets
         .iter()
-        .map(|p| p.parsed.unwrap_or_else(|| panic!("{what}: unparseable payload")))
+        .map(|p| {
+            p.parsed
+                .unwrap_or_else(|| panic!("{what}: unparseable payload"))
+        })
         .collect();
     for (i, p) in parsed.iter().enumerate() {
         assert!(p.intact, "{what}: payload {i} differs from what was sent");
-        assert_eq!(p.tag, publisher_tag, "{what}: packet from the wrong publisher");
+        assert_eq!(
+            p.tag, publisher_tag,
+            "{what}: packet from the wrong publisher"
+        );
     }
     for (i, w) in t.packets.windows(2).enumerate() {
         let (a, b) = (w[0].parsed.unwrap(), w[1].parsed.unwrap());
-        assert_eq!(b.counter, a.counter + 1, "{what}: gap or reorder after packet {i}");
+        assert_eq!(
+            b.counter,
+            a.counter + 1,
+            "{what}: gap or reorder after packet {i}"
+        );
         assert_eq!(
             w[1].seq,
             w[0].seq.wrapping_add(1),
@@ -31,7 +41,10 @@ pub fn verify_stream(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u6
         );
     }
     if t.video {
-        assert!(parsed[0].keyframe_start, "{what}: first video packet is not a keyframe");
+        assert!(
+            parsed[0].keyframe_start,
+            "{what}: first video packet is not a keyframe"
+        );
     }
     assert_eq!(
         parsed.last().unwrap().counter + 1,
@@ -46,13 +59,21 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
         c.stop_media();
     }
     for c in clients {
-        wait_for("the sender to stop", Duration::from_secs(2), || c.media_stopped()).await;
+        wait_for("the sender to stop", Duration::from_secs(2), || {
+            c.media_stopped()
+        })
+        .await;
     }
     // The counters are final now: wait until the last packet of each track has arrived.
     let tags: HashMap<&str, (u32, u64, u64)> = ids
         .iter()
         .zip(clients)
-        .map(|(id, c)| (id.as_str(), (c.tag, c.sent_counter(false), c.sent_counter(true))))
+        .map(|(id, c)| {
+            (
+                id.as_str(),
+                (c.tag, c.sent_counter(false), c.sent_counter(true)),
+            )
+        })
         .collect();
     for c in clients {
         wait_for(
@@ -62,7 +83,11 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
                 c.received().values().all(|t| {
                     let (_, audio, video) = tags[t.stream_id.as_str()];
                     let sent = if t.video { video } else { audio };
-                    t.packets.last().and_then(|p| p.parsed).map(|p| p.counter + 1) == Some(sent)
+                    t.packets
+                        .last()
+                        .and_then(|p| p.parsed)
+                        .map(|p| p.counter + 1)
+                        == Some(sent)
                 })
             },
         )
@@ -73,7 +98,10 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
             verify_stream(&c.name, t, tag, if t.video { video } else { audio });
             verified += t.packets.len();
         }
-        eprintln!("{}: {verified} packets on {} tracks verified", c.name, c.received().len());
+        eprintln!(
+            "{}: {verified} packets on {} tracks verified",
+            c.name,
+            c.received().len()
+        );
     }
 }
-
