@@ -28,6 +28,7 @@ pub struct Metrics {
     pub dropped_packets: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub nacks_received: IntCounterVec,
+    pub retransmissions: IntCounterVec,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
 }
@@ -92,6 +93,11 @@ impl Metrics {
                 "plaza_nacks_received_total",
                 "NACK feedback messages received, by leg.",
                 &["leg"],
+            ),
+            retransmissions: counter(
+                "plaza_retransmissions_total",
+                "Packets subscribers asked for again (NACK): sent from history, or no longer there.",
+                &["result"],
             ),
             signal_messages: counter(
                 "plaza_signal_messages_total",

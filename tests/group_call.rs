@@ -306,3 +306,98 @@ async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
     }
     server.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_is_retransmitted_on_both_legs() {
+    use common::verify::verify_complete;
+    use std::sync::atomic::Ordering;
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let video_only = ClientOptions {
+        audio: false,
+        ..ClientOptions::default()
+    };
+    let ann = Client::join(&url, "lossy", "Ann", video_only.clone()).await;
+    let bob = Client::join(&url, "lossy", "Bob", video_only.clone()).await;
+    for c in [&ann, &bob] {
+        wait_for(&format!("{} media", c.name), SETUP, || {
+            c.flowing_tracks(10) == 1
+        })
+        .await;
+    }
+    // Ann's uplink loses every 10th video packet (the publisher leg, repaired by the server's
+    // NACKs to Ann); Bob's downlink loses every 7th (the subscriber leg, repaired by Bob's NACKs
+    // to the server), including some of the retransmissions the server forwards late.
+    ann.net.drop_out_every.store(10, Ordering::SeqCst);
+    bob.net.drop_in_every.store(7, Ordering::SeqCst);
+    let target = ann.sent_counter(true) + 400;
+    wait_for(
+        "400 more video packets from Ann",
+        Duration::from_secs(20),
+        || ann.sent_counter(true) >= target,
+    )
+    .await;
+    ann.net.drop_out_every.store(0, Ordering::SeqCst);
+    bob.net.drop_in_every.store(0, Ordering::SeqCst);
+    for c in [&ann, &bob] {
+        c.stop_media();
+        wait_for("the sender to stop", Duration::from_secs(2), || {
+            c.media_stopped()
+        })
+        .await;
+    }
+    let dropped = (
+        ann.net.dropped_out.load(Ordering::SeqCst),
+        bob.net.dropped_in.load(Ordering::SeqCst),
+    );
+    assert!(
+        dropped.0 >= 30 && dropped.1 >= 50,
+        "losses really happened: {dropped:?}"
+    );
+    for (receiver, publisher) in [(&bob, &ann), (&ann, &bob)] {
+        let sent = publisher.sent_counter(true);
+        wait_for(
+            &format!(
+                "{} to receive all of {}'s video",
+                receiver.name, publisher.name
+            ),
+            Duration::from_secs(5),
+            || {
+                receiver.received().values().all(|t| {
+                    let mut c: Vec<u64> = t
+                        .packets
+                        .iter()
+                        .filter_map(|p| p.parsed)
+                        .map(|p| p.counter)
+                        .collect();
+                    c.sort_unstable();
+                    c.dedup();
+                    c.last() == Some(&(sent - 1)) && c.len() as u64 == sent - c[0]
+                })
+            },
+        )
+        .await;
+        let t = receiver
+            .received()
+            .into_values()
+            .next()
+            .expect("one video track");
+        let late = verify_complete(&receiver.name, &t, publisher.tag, sent);
+        eprintln!(
+            "{} ← {}: complete, {late} packets retransmitted",
+            receiver.name, publisher.name
+        );
+        if receiver.name == "Bob" {
+            assert!(
+                late as u64 >= dropped.0 + dropped.1 / 2,
+                "retransmissions filled the gaps"
+            );
+        }
+    }
+    assert!(server.counter("retransmissions", &["sent"]) >= dropped.1);
+    for c in [ann, bob] {
+        c.leave();
+        c.close().await;
+    }
+    server.assert_drained().await;
+}

@@ -9,6 +9,7 @@
 //! cannot decode.
 
 pub mod codec;
+pub mod history;
 pub mod ids;
 pub mod packet;
 pub mod rewrite;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -19,6 +19,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp;
+use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
@@ -74,11 +75,12 @@ pub enum PeerEvent {
 }
 
 /// Feedback from a subscriber about one of our outgoing tracks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feedback {
     Pli,
     Fir,
-    Nack,
+    /// The sequence numbers (as the subscriber saw them) it asks to be sent again.
+    Nack(Vec<u16>),
 }
 
 /// A published track that started arriving: call [`IncomingTrack::start_ingest`] to read it.
@@ -178,6 +180,13 @@ pub struct EgressWriter {
 }
 
 impl EgressWriter {
+    pub fn kind(&self) -> MediaKind {
+        match self.track.kind() {
+            RTPCodecType::Audio => MediaKind::Audio,
+            _ => MediaKind::Video,
+        }
+    }
+
     /// Returns the bytes written, 0 when the track is not bound (yet or any more).
     pub async fn write(&self, packet: &RtpPacket) -> usize {
         let rtp = webrtc::rtp::packet::Packet {
@@ -222,7 +231,7 @@ impl RtcEngine {
     ) -> Result<Peer, RtcError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)?;
+        let registry = register_interceptors(Registry::new(), &mut media)?;
 
         let mut settings = SettingEngine::default();
         settings.set_udp_network(self.udp_network());
@@ -402,8 +411,8 @@ impl Peer {
                         feedback(Feedback::Pli);
                     } else if any.is::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>() {
                         feedback(Feedback::Fir);
-                    } else if any.is::<rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack>() {
-                        feedback(Feedback::Nack);
+                    } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        feedback(Feedback::Nack(lost_sequence_numbers(nack)));
                     }
                 }
             }
@@ -543,6 +552,45 @@ fn check_answer_matches_offer(offer: &str, answer: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Expands a NACK's (packet id, bitmask) pairs into sequence numbers (RFC 4585 6.2.1).
+fn lost_sequence_numbers(nack: &TransportLayerNack) -> Vec<u16> {
+    let mut seqs = Vec::new();
+    for pair in &nack.nacks {
+        seqs.push(pair.packet_id);
+        for bit in 0..16u16 {
+            if pair.lost_packets & (1 << bit) != 0 {
+                seqs.push(pair.packet_id.wrapping_add(bit + 1));
+            }
+        }
+    }
+    seqs
+}
+
+/// The interceptors every peer connection gets: NACK generation (we ask publishers to resend),
+/// RTCP sender/receiver reports, and transport-wide congestion feedback to publishers so their
+/// bandwidth estimation can ramp up. NACKs from subscribers are answered by our own egress
+/// history instead of webrtc-rs's responder, whose 0.17 send buffer drops its newest packets
+/// whenever an older one (a publisher's retransmission we forward late) is written after them.
+fn register_interceptors(
+    mut registry: Registry,
+    media: &mut MediaEngine,
+) -> Result<Registry, webrtc::Error> {
+    for parameter in ["", "pli"] {
+        media.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RTPCodecType::Video,
+        );
+    }
+    registry.add(Box::new(
+        webrtc::interceptor::nack::generator::Generator::builder(),
+    ));
+    registry = configure_rtcp_reports(registry);
+    configure_twcc_receiver_only(registry, media)
 }
 
 fn codec_type(kind: MediaKind) -> RTPCodecType {

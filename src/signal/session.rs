@@ -721,15 +721,17 @@ impl Joined {
         let commands = self.room.commands.clone();
         let subscriber = self.id;
         let metrics = state.metrics.clone();
+        let egress = self.egress.clone();
         let feedback = move |f: Feedback| {
             let label = match f {
                 Feedback::Pli => "pli",
                 Feedback::Fir => "fir",
-                Feedback::Nack => {
+                Feedback::Nack(seqs) => {
                     metrics
                         .nacks_received
                         .with_label_values(&["subscriber"])
                         .inc();
+                    let _ = egress.send(EgressControl::Retransmit(track, seqs));
                     return;
                 }
             };

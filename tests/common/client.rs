@@ -112,7 +112,8 @@ pub struct Client {
     pub shared: Arc<Shared>,
     pub pc: Arc<RTCPeerConnection>,
     mux: Arc<UDPMuxDefault>,
-    network_cut: Arc<AtomicBool>,
+    /// This client's network: cut it, or make it lossy.
+    pub net: Arc<super::net::NetworkControl>,
     out: mpsc::UnboundedSender<Message>,
     pub audio: Option<Arc<SentTrack>>,
     pub video: Option<Arc<SentTrack>>,
@@ -145,10 +146,10 @@ impl Client {
     /// Connects the WebSocket and prepares the peer connection without joining.
     pub async fn connect(url: &str, name: &str, options: &ClientOptions) -> Client {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let network_cut = Arc::new(AtomicBool::new(false));
+        let net = Arc::new(super::net::NetworkControl::default());
         let mux = UDPMuxDefault::new(UDPMuxParams::new(super::net::CuttableSocket::new(
             socket,
-            network_cut.clone(),
+            net.clone(),
         )));
         let mut settings = SettingEngine::default();
         settings.set_udp_network(UDPNetwork::Muxed(mux.clone()));
@@ -351,7 +352,7 @@ impl Client {
             shared,
             pc,
             mux,
-            network_cut,
+            net,
             out,
             audio,
             video,
@@ -532,7 +533,7 @@ impl Client {
     /// stays open.
     pub fn cut_network(&self) {
         self.stop_media();
-        self.network_cut.store(true, Ordering::SeqCst);
+        self.net.cut.store(true, Ordering::SeqCst);
     }
 
     /// Drops the WebSocket without a close frame, as a crashed browser would.

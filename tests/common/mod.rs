@@ -127,6 +127,7 @@ impl TestServer {
             "dropped_packets" => &m.dropped_packets,
             "keyframe_requests" => &m.keyframe_requests,
             "signal_errors" => &m.signal_errors,
+            "retransmissions" => &m.retransmissions,
             other => panic!("no counter {other}"),
         };
         vec.with_label_values(labels).get()

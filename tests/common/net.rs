@@ -1,20 +1,58 @@
-//! A UDP socket whose traffic can be cut, to simulate a network failure under a peer connection
-//! while its signalling stays up.
+//! A UDP socket whose traffic can be cut (a network failure under a peer connection while its
+//! signalling stays up) or made lossy (every Nth video RTP packet dropped, in or out).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use webrtc::util::{Conn, Error};
 
+/// Shared switches of one client's network.
+#[derive(Debug, Default)]
+pub struct NetworkControl {
+    pub cut: AtomicBool,
+    /// Drop every Nth inbound / outbound video RTP packet (0: none).
+    pub drop_in_every: AtomicU64,
+    pub drop_out_every: AtomicU64,
+    pub dropped_in: AtomicU64,
+    pub dropped_out: AtomicU64,
+    seen_in: AtomicU64,
+    seen_out: AtomicU64,
+}
+
+/// SRTP keeps the RTP header in the clear: version 2, and a second byte that is not an RTCP
+/// packet type. Video packets are told from audio by size.
+fn is_video_rtp(buf: &[u8]) -> bool {
+    buf.len() > 300 && buf[0] >> 6 == 2 && !(192..=223).contains(&buf[1])
+}
+
+impl NetworkControl {
+    fn lose(&self, buf: &[u8], every: &AtomicU64, seen: &AtomicU64, dropped: &AtomicU64) -> bool {
+        let n = every.load(Ordering::Relaxed);
+        if n == 0 || !is_video_rtp(buf) {
+            return false;
+        }
+        if (seen.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
 pub struct CuttableSocket {
     inner: tokio::net::UdpSocket,
-    cut: Arc<AtomicBool>,
+    net: Arc<NetworkControl>,
 }
 
 impl CuttableSocket {
-    pub fn new(inner: tokio::net::UdpSocket, cut: Arc<AtomicBool>) -> Self {
-        Self { inner, cut }
+    pub fn new(inner: tokio::net::UdpSocket, net: Arc<NetworkControl>) -> Self {
+        Self { inner, net }
+    }
+
+    fn drop_outbound(&self, buf: &[u8]) -> bool {
+        let n = &self.net;
+        n.cut.load(Ordering::Relaxed) || n.lose(buf, &n.drop_out_every, &n.seen_out, &n.dropped_out)
     }
 }
 
@@ -33,21 +71,25 @@ impl Conn for CuttableSocket {
     async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr)> {
         loop {
             let got = self.inner.recv_from(buf).await?;
-            if !self.cut.load(Ordering::Relaxed) {
-                return Ok(got);
+            let n = &self.net;
+            if n.cut.load(Ordering::Relaxed)
+                || n.lose(&buf[..got.0], &n.drop_in_every, &n.seen_in, &n.dropped_in)
+            {
+                continue;
             }
+            return Ok(got);
         }
     }
 
     async fn send(&self, buf: &[u8]) -> Result<usize> {
-        if self.cut.load(Ordering::Relaxed) {
+        if self.drop_outbound(buf) {
             return Ok(buf.len());
         }
         Ok(self.inner.send(buf).await?)
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> Result<usize> {
-        if self.cut.load(Ordering::Relaxed) {
+        if self.drop_outbound(buf) {
             return Ok(buf.len());
         }
         Ok(self.inner.send_to(buf, target).await?)

@@ -105,3 +105,43 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
         );
     }
 }
+
+/// Checks that a stream arrived complete and intact, allowing retransmissions to arrive out of
+/// order (as they do after a NACK): sorted by counter, every packet from the first received to
+/// the last sent is there, exactly once after de-duplication.
+pub fn verify_complete(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u64) -> usize {
+    let what = format!("{receiver} ← track {} of {}", t.track_id, t.stream_id);
+    let mut counters: Vec<u64> = t
+        .packets
+        .iter()
+        .map(|p| {
+            let parsed = p
+                .parsed
+                .unwrap_or_else(|| panic!("{what}: unparseable payload"));
+            assert!(parsed.intact, "{what}: payload differs from what was sent");
+            assert_eq!(
+                parsed.tag, publisher_tag,
+                "{what}: packet from the wrong publisher"
+            );
+            parsed.counter
+        })
+        .collect();
+    let late = t
+        .packets
+        .windows(2)
+        .filter(|w| w[1].parsed.unwrap().counter < w[0].parsed.unwrap().counter)
+        .count();
+    counters.sort_unstable();
+    counters.dedup();
+    let first = counters[0];
+    let missing: Vec<u64> = (first..sent)
+        .filter(|c| counters.binary_search(c).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} packets never arrived, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    late
+}
