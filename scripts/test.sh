@@ -12,7 +12,8 @@ cargo clippy --release --all-targets --locked -- -D warnings
 # Build everything first (this may download crates); the tests themselves run offline.
 cargo test --release --locked --no-run
 
-run_tests=(cargo test --release --locked --offline)
+# One test at a time: each call test is sized to use the whole (2-core) machine.
+run_tests=(cargo test --release --locked --offline -- --test-threads=1)
 netns=""
 if unshare -n true 2>/dev/null; then netns=-n; elif unshare -rn true 2>/dev/null; then netns=-rn; fi
 if [ -n "$netns" ]; then

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::verify::stop_and_verify;
+use common::verify::{stop_and_verify, stop_and_verify_complete};
 use common::{wait_for, Client, ClientOptions, TestServer};
 
 const SETUP: Duration = Duration::from_secs(15);
@@ -299,7 +299,9 @@ async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
             "nobody receives themself"
         );
     }
-    stop_and_verify(&clients, &ids).await;
+    // Ninety streams on a small machine: a packet the kernel drops under load is repaired by
+    // NACK and arrives late, so this checks completeness rather than arrival order.
+    stop_and_verify_complete(&clients, &ids).await;
     for c in clients {
         c.leave();
         c.close().await;

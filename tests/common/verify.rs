@@ -55,6 +55,15 @@ pub fn verify_stream(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u6
 
 /// Stops everyone's media, waits for it to drain, and verifies every stream every client got.
 pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
+    stop_and_check(clients, ids, true).await
+}
+
+/// Like [`stop_and_verify`], but packets may arrive out of order (retransmissions).
+pub async fn stop_and_verify_complete(clients: &[Client], ids: &[String]) {
+    stop_and_check(clients, ids, false).await
+}
+
+async fn stop_and_check(clients: &[Client], ids: &[String], in_order: bool) {
     for c in clients {
         c.stop_media();
     }
@@ -95,7 +104,12 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
         let mut verified = 0;
         for t in c.received().values() {
             let (tag, audio, video) = tags[t.stream_id.as_str()];
-            verify_stream(&c.name, t, tag, if t.video { video } else { audio });
+            let sent = if t.video { video } else { audio };
+            if in_order {
+                verify_stream(&c.name, t, tag, sent);
+            } else {
+                verify_complete(&c.name, t, tag, sent);
+            }
             verified += t.packets.len();
         }
         eprintln!(
@@ -126,11 +140,15 @@ pub fn verify_complete(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: 
             parsed.counter
         })
         .collect();
-    let late = t
-        .packets
-        .windows(2)
-        .filter(|w| w[1].parsed.unwrap().counter < w[0].parsed.unwrap().counter)
-        .count();
+    // A packet is late when one sent after it arrived before it.
+    let mut highest = None;
+    let mut late = 0;
+    for &c in &counters {
+        if highest.is_some_and(|h| c < h) {
+            late += 1;
+        }
+        highest = highest.max(Some(c));
+    }
     counters.sort_unstable();
     counters.dedup();
     let first = counters[0];
