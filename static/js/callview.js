@@ -594,6 +594,7 @@ export class CallView {
     this.root.classList.add("panel-open");
     if (tab === "chat") {
       this.unread = 0;
+      for (const t of document.querySelectorAll('#toasts .toast[data-kind="chat"]')) t.remove();
       this.chatLog.scrollTop = this.chatLog.scrollHeight;
       this.chatInput.focus();
     }

@@ -95,8 +95,8 @@ export const CHROMIUM_ARGS = [
   "--disable-component-update",
   "--disable-sync",
   "--disable-features=LocalNetworkAccessChecks",
-  // Two fake cameras and fake microphones (so switching devices can be tested for real).
-  "--use-fake-device-for-media-stream=device-count=2",
+  // Three fake cameras and microphones (so switching devices can be tested for real).
+  "--use-fake-device-for-media-stream=device-count=3",
   "--use-fake-ui-for-media-stream",
   "--auto-select-desktop-capture-source=Entire screen",
   "--allow-loopback-in-peer-connection",
