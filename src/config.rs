@@ -76,6 +76,7 @@ pub struct TimeoutsConfig {
     pub ice_disconnected_ms: u64,
     pub ice_failed_ms: u64,
     pub session_idle_ms: u64,
+    pub shutdown_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +132,7 @@ impl Default for TimeoutsConfig {
             ice_disconnected_ms: 5_000,
             ice_failed_ms: 25_000,
             session_idle_ms: 30_000,
+            shutdown_ms: 10_000,
         }
     }
 }
@@ -245,6 +247,7 @@ impl Config {
             ),
             ("timeouts.ice_failed_ms", self.timeouts.ice_failed_ms),
             ("timeouts.session_idle_ms", self.timeouts.session_idle_ms),
+            ("timeouts.shutdown_ms", self.timeouts.shutdown_ms),
             (
                 "media.egress_queue_packets",
                 self.media.egress_queue_packets as u64,

@@ -46,10 +46,26 @@ async fn main() -> anyhow::Result<()> {
     config.validate()?;
     init_logging(&config);
 
-    let running = plaza::server::start(config, shutdown_signal())
+    // The drain inside the server is bounded by timeouts.shutdown_ms; this is the backstop
+    // that makes the process exit even if something refuses to finish.
+    let hard_stop = std::time::Duration::from_millis(config.timeouts.shutdown_ms)
+        + std::time::Duration::from_secs(2);
+    let (signalled_tx, mut signalled) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = signalled_tx.send(true);
+    };
+    let mut running = plaza::server::start(config, shutdown)
         .await
         .context("starting plaza")?;
-    running.done.await??;
+    tokio::select! {
+        done = &mut running.done => done??,
+        _ = async {
+            let _ = signalled.wait_for(|s| *s).await;
+            tokio::time::sleep(hard_stop).await;
+        } => tracing::warn!("shutdown did not finish in time; exiting anyway"),
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -27,6 +30,37 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub rtc: Arc<RtcEngine>,
     pub ids: Arc<IdAllocator>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// Whether the server is draining: once it is, `/readyz` fails, new joins are refused and
+/// every session is told to end.
+pub struct Lifecycle {
+    draining: watch::Sender<bool>,
+}
+
+impl Lifecycle {
+    fn new() -> Self {
+        Self {
+            draining: watch::Sender::new(false),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    pub fn begin_draining(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Resolves once draining has begun.
+    pub fn draining(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.draining.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
+    }
 }
 
 impl AppState {
@@ -38,6 +72,7 @@ impl AppState {
             registry: Arc::new(Registry::new(&config, metrics.clone())),
             rtc: Arc::new(rtc),
             ids: Arc::new(IdAllocator::default()),
+            lifecycle: Arc::new(Lifecycle::new()),
             metrics,
             config: Arc::new(config),
         })
@@ -48,11 +83,22 @@ pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.config.http.static_dir);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/rooms", get(rooms))
         .route("/ws", get(websocket))
         .fallback_service(static_files)
         .with_state(state)
+}
+
+/// Ready to take calls: the media socket is bound (it is before the server starts) and the
+/// server is not draining.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.lifecycle.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -81,6 +127,13 @@ async fn rooms(State(state): State<AppState>) -> Response {
 }
 
 async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if state.lifecycle.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+            .into_response();
+    }
     // The transport's own cap sits well above the protocol limit so that an oversized message
     // still arrives and gets a `message-too-large` error instead of a dropped connection.
     let hard_cap = (state.config.limits.max_message_bytes * 4).max(1 << 20);
@@ -97,7 +150,9 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds HTTP and UDP and serves in the background until `shutdown` resolves.
+/// Binds HTTP and UDP and serves in the background until `shutdown` resolves; then drains:
+/// sessions are told and closed, and the HTTP server stops once they are gone or
+/// `timeouts.shutdown_ms` has passed, whichever comes first.
 pub async fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -108,9 +163,25 @@ pub async fn start(
     let udp_addr = state.rtc.udp_addr();
     tracing::info!(http = %http_addr, udp = %udp_addr, "plaza listening");
     let router = app(state.clone());
+    let drain_state = state.clone();
+    let stopped = async move {
+        shutdown.await;
+        let st = drain_state;
+        st.lifecycle.begin_draining();
+        tracing::info!("draining: closing every session");
+        let bound = Duration::from_millis(st.config.timeouts.shutdown_ms);
+        let sessions_gone = async {
+            while st.metrics.tasks.with_label_values(&["session"]).get() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(bound, sessions_gone).await.is_err() {
+            tracing::warn!("shutdown timeout reached with sessions still open");
+        }
+    };
     let done = tokio::spawn(async move {
         axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stopped)
             .await
     });
     Ok(Running {

@@ -180,6 +180,11 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// The server is shutting down: the session ends right after this message. Reconnect (with
+    /// a backoff) to rejoin, on this server once it is back or on another.
+    ServerShutdown {
+        message: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -195,6 +200,7 @@ pub enum LeaveReason {
     Left,
     Disconnected,
     TimedOut,
+    ServerShutdown,
 }
 
 /// Stable error codes; clients may switch on them.
@@ -231,6 +237,8 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A participant id that is not in your room.
     UnknownParticipant,
+    /// The server is shutting down and takes no new joins.
+    ShuttingDown,
     /// The server failed; the message says nothing more on purpose (see the server's log).
     Internal,
 }
@@ -253,6 +261,7 @@ impl ErrorCode {
             ErrorCode::InvalidCandidate => "invalid-candidate",
             ErrorCode::UnknownTrack => "unknown-track",
             ErrorCode::UnknownParticipant => "unknown-participant",
+            ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
         }
     }

@@ -36,6 +36,7 @@ const MAX_CHAT_CHARS: usize = 4000;
 pub async fn run_session(socket: WebSocket, state: AppState) {
     let _task = state.metrics.task("session");
     let (sink, mut stream) = socket.split();
+    let mut draining = std::pin::pin!(state.lifecycle.draining());
     let mut session = Session {
         state,
         sink,
@@ -48,6 +49,7 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
             message = stream.next() => Input::Socket(message),
             input = recv_joined(&mut session.joined) => input,
             _ = tokio::time::sleep_until(deadline.into()) => Input::Tick,
+            _ = &mut draining => Input::Shutdown,
         };
         if let Some(end) = session.handle(event).await {
             break end;
@@ -61,6 +63,7 @@ enum Input {
     Room(Option<SessionEvent>),
     Peer(Option<PeerEvent>),
     Tick,
+    Shutdown,
 }
 
 /// Why a session ends, and what the others are told.
@@ -70,6 +73,7 @@ enum End {
     SocketClosed,
     PeerLost,
     TimedOut,
+    ServerShutdown,
 }
 
 impl End {
@@ -78,6 +82,7 @@ impl End {
             End::Left => LeaveReason::Left,
             End::SocketClosed | End::PeerLost => LeaveReason::Disconnected,
             End::TimedOut => LeaveReason::TimedOut,
+            End::ServerShutdown => LeaveReason::ServerShutdown,
         }
     }
 }
@@ -180,6 +185,13 @@ impl Session {
                 end
             }
             Input::Tick => self.handle_tick(),
+            Input::Shutdown => {
+                self.send(ServerMessage::ServerShutdown {
+                    message: "the server is shutting down; reconnect to rejoin".into(),
+                })
+                .await;
+                Some(End::ServerShutdown)
+            }
         }
     }
 
@@ -420,6 +432,12 @@ impl Session {
         name: String,
         publish: Vec<PublishRequest>,
     ) -> Result<(), ClientError> {
+        if self.state.lifecycle.is_draining() {
+            return Err(ClientError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down and takes no new joins",
+            ));
+        }
         if version != PROTOCOL_VERSION {
             return Err(ClientError::new(
                 ErrorCode::UnsupportedVersion,
