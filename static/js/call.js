@@ -14,6 +14,15 @@ const PC_CONNECT_TIMEOUT_MS = 20000;
 const RECONNECT_DELAYS_MS = [250, 1000, 2000, 4000, 8000];
 const MAX_CHAT = 500;
 
+/** The /ws endpoint next to the page (also behind a reverse proxy with a path prefix). */
+export function signallingUrl() {
+  const url = new URL("ws", location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.search = "";
+  url.hash = "";
+  return url.toString();
+}
+
 /** Join refusals that retrying will not fix. */
 const FATAL_JOIN_ERRORS = new Set(["invalid-message", "unsupported-version"]);
 
@@ -32,13 +41,15 @@ export class Call extends Emitter {
     super();
     this.room = room;
     this.name = name;
-    this.wsUrl = wsUrl ?? `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    this.wsUrl = wsUrl ?? signallingUrl();
     this.local = {
       mic: { cid: "mic", kind: "audio", source: "microphone", track: microphone, muted: micMuted || !microphone, deviceId: microphoneId ?? null },
       cam: { cid: "cam", kind: "video", source: "camera", track: camera, muted: !camera, deviceId: cameraId ?? null, available: cameraAvailable || !!camera },
       screen: null, // { cid, kind: "video", source: "screen", track, muted: false }
     };
     if (microphone) microphone.enabled = !this.local.mic.muted;
+    this.watchTrack(microphone);
+    this.watchTrack(camera);
     this.screenCounter = 0;
     this.conn = null;
     this.state = "idle"; // idle | connecting | connected | reconnecting | failed | left
@@ -57,7 +68,8 @@ export class Call extends Emitter {
     this.statsTimer = null;
     this.pcTroubleSince = 0;
     this.firstAnswerAt = 0;
-    this.rttMs = null;
+    this.rttMs = null; // signalling round trip (ping/pong)
+    this.mediaRttMs = null; // media round trip (ICE candidate pair)
     this.onOnline = () => {
       if (this.state === "reconnecting") this.reconnectNow();
     };
@@ -115,6 +127,7 @@ export class Call extends Emitter {
     this.pcTroubleSince = 0;
     this.firstAnswerAt = 0;
     this.mediaState = "new";
+    this.mediaRttMs = null;
     if (this.totals.connections === 1) this.setState("connecting");
     else this.setState("reconnecting", this.stateDetail);
 
@@ -160,6 +173,11 @@ export class Call extends Emitter {
       this.emit("rtt", rtt);
     });
     conn.on("server-error", (err) => this.onServerError(conn, err));
+    conn.on("server-shutdown", () => {
+      // The server is restarting: the session ends now; rejoin with a backoff.
+      this.attempt = Math.max(this.attempt, 1);
+      conn.close("the server is restarting");
+    });
     conn.on("closed", ({ reason, quiet }) => {
       if (conn !== this.conn || quiet) return;
       this.onConnectionLost(reason);
@@ -275,6 +293,15 @@ export class Call extends Emitter {
       }
       return;
     }
+    if (err.code === "invalid-sdp") {
+      // Our answer was refused. The server may follow with a fresh offer; if it does not,
+      // this negotiation is stuck: start over with a new connection.
+      const offers = conn.stats.offers;
+      setTimeout(() => {
+        if (conn === this.conn && !conn.closed && conn.stats.offers === offers) conn.close("negotiation failed");
+      }, 4000);
+      return;
+    }
     this.emit("server-error", err);
   }
 
@@ -360,6 +387,10 @@ export class Call extends Emitter {
 
     const report = await pc.getStats();
     const raw = new Map();
+    let pairId = null;
+    for (const s of report.values()) if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+    const pair = pairId ? report.get(pairId) : null;
+    if (pair?.currentRoundTripTime !== undefined) this.mediaRttMs = pair.currentRoundTripTime * 1000;
     for (const s of report.values()) {
       if (s.type === "inbound-rtp" && s.kind === "audio") {
         const b = conn.recvByMid.get(s.mid);
@@ -399,6 +430,21 @@ export class Call extends Emitter {
   }
 
   // ---- local controls -----------------------------------------------------------------
+
+  /** A device that goes away (unplugged, taken by the system) ends its track: say so. */
+  watchTrack(track) {
+    track?.addEventListener("ended", () => {
+      const { mic, cam } = this.local;
+      if (this.state === "left") return;
+      if (track === cam.track) {
+        this.notice("Your camera stopped. Turn it on again, or pick another one in the settings.", "error");
+        this.setCameraOff(true);
+      } else if (track === mic.track) {
+        this.notice("Your microphone stopped. Pick another one in the settings.", "error");
+        this.setMicMuted(true);
+      }
+    });
+  }
 
   setMicMuted(muted) {
     const mic = this.local.mic;
@@ -441,6 +487,7 @@ export class Call extends Emitter {
       return false;
     }
     cam.track = track;
+    this.watchTrack(track);
     cam.muted = false;
     cam.available = true;
     cam.deviceId = track.getSettings().deviceId ?? cam.deviceId;
@@ -478,6 +525,7 @@ export class Call extends Emitter {
       track = await openCamera(deviceId);
     }
     cam.track = track;
+    this.watchTrack(track);
     await this.conn?.replaceTrack(cam.cid, track);
     if (old !== track) old.stop();
     this.changed();
@@ -490,6 +538,7 @@ export class Call extends Emitter {
     const track = await openMicrophone(deviceId);
     track.enabled = !mic.muted;
     mic.track = track;
+    this.watchTrack(track);
     if (old) {
       await this.conn?.replaceTrack(mic.cid, track);
       old.stop();

@@ -66,6 +66,7 @@ export class CallView {
     $("#btn-settings").addEventListener("click", () => this.openSettings());
     $("#btn-settings-2").addEventListener("click", () => this.openSettings());
     $("#copy-link").addEventListener("click", () => this.copyLink());
+    $("#invite-copy").addEventListener("click", () => this.copyLink());
     $("#chat-form").addEventListener("submit", (event) => {
       event.preventDefault();
       this.sendChat();
@@ -139,10 +140,13 @@ export class CallView {
   scheduleRender() {
     if (this.renderQueued) return;
     this.renderQueued = true;
-    requestAnimationFrame(() => {
+    const run = () => {
       this.renderQueued = false;
       if (this.call) this.render();
-    });
+    };
+    // Animation frames stop in background tabs, but new participants must still be heard.
+    if (document.hidden) setTimeout(run, 50);
+    else requestAnimationFrame(run);
   }
 
   // ---- rendering ------------------------------------------------------------------------
@@ -214,7 +218,10 @@ export class CallView {
       if (this.grid.children[i] !== tile) this.grid.insertBefore(tile, this.grid.children[i] ?? null);
     });
     this.stage.classList.toggle("presenting", screens.length > 0);
-    this.root.classList.toggle("alone", call.participants.size === 0);
+    const alone = call.participants.size === 0 && call.state === "connected";
+    this.root.classList.toggle("alone", alone);
+    $("#alone-card").hidden = !alone;
+    $("#invite-link").textContent = this.inviteLink();
     this.renderAudio();
     this.renderControls();
     this.renderConnection();
@@ -325,6 +332,10 @@ export class CallView {
       tile.classList.toggle("talking", level > 0.035 && !tile.classList.contains("is-muted"));
       tile.classList.toggle("speaking", activeSpeaker === speakerKey && this.call.participants.size > 0);
     }
+    if (!this.lastConnRender || performance.now() - this.lastConnRender > 2000) {
+      this.lastConnRender = performance.now();
+      this.renderConnection();
+    }
     const selfLevel = levels.get("self") ?? 0;
     $("#btn-mic").style.setProperty("--level", Math.min(1, selfLevel * 4).toFixed(2));
   }
@@ -433,7 +444,8 @@ export class CallView {
         text = "Connection unstable";
       } else if (media === "connected" || (media === "new" && !call.firstAnswerAt)) {
         state = "connected";
-        text = call.rttMs !== null ? `Connected · ${Math.max(1, Math.round(call.rttMs))} ms` : "Connected";
+        const rtt = call.mediaRttMs ?? call.rttMs;
+        text = rtt !== null ? `Connected · ${Math.max(1, Math.round(rtt))} ms` : "Connected";
       } else {
         state = "connecting";
         text = "Connecting media…";
@@ -562,12 +574,16 @@ export class CallView {
     event.preventDefault();
   }
 
-  async copyLink() {
+  inviteLink() {
     const url = new URL(location.href);
     url.search = "";
     url.hash = "";
     url.searchParams.set("room", this.call.room);
-    const link = url.toString();
+    return url.toString();
+  }
+
+  async copyLink() {
+    const link = this.inviteLink();
     try {
       await navigator.clipboard.writeText(link);
       toast("Invitation link copied", { kind: "ok" });

@@ -127,6 +127,7 @@ export class Connection extends Emitter {
       case "track-unpublished":
       case "track-muted":
       case "chat":
+      case "server-shutdown":
         this.emit(msg.type, msg);
         break;
       default:

@@ -106,7 +106,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     }
   });
 
-  it("mute and camera off in A show up in B and C; camera on brings the video back", async () => {
+  it("mute and camera off in A show up in B and C; the active speaker is highlighted; camera on brings the video back", async () => {
     // Mute with the keyboard shortcut.
     await A.locator("body").click({ position: { x: 5, y: 5 } });
     await A.keyboard.press("m");
@@ -123,6 +123,13 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     for (const page of [B, C]) {
       await waitInPage(page, "A's muted indicator to go away", (sel) => !document.querySelector(sel)?.classList.contains("is-muted"), tileOf(pid.A), 3000);
     }
+
+    // With B and C muted, A (whose fake microphone beeps) is the active speaker for both.
+    for (const page of [B, C]) await page.click("#btn-mic");
+    for (const page of [B, C]) {
+      await waitInPage(page, "A's tile highlighted as the active speaker", (sel) => document.querySelector(sel)?.classList.contains("speaking"), tileOf(pid.A), 8000);
+    }
+    for (const page of [B, C]) await page.click("#btn-mic");
 
     // Camera off with the keyboard shortcut: B and C see A's initials instead of video.
     await A.keyboard.press("v");
@@ -206,6 +213,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     // Chromium's fake_device_1 simulates a depth camera (16-bit grey frames) that WebRTC cannot
     // encode, so switch to fake_device_2, an ordinary (MJPEG) fake camera.
     const other = cameras.find((c) => c.label === "fake_device_2") ?? cameras.find((c) => c.label !== before.label);
+    await screenshot(A, "call-settings");
     await A.selectOption("#set-camera", other.value);
     await waitInPage(A, `the camera to become ${other.label}`, (label) => {
       const track = window.plaza.call.local.cam.track;
@@ -236,6 +244,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
       await waitInPage(page, "A's tile to disappear", (sel) => !document.querySelector(sel), tileOf(pid.A), Math.max(200, 2000 - (Date.now() - started)));
     }
     await A.waitForSelector("#ended:not([hidden])");
+    await screenshot(A, "ended");
     // B and C are told.
     await B.locator("#toasts .toast", { hasText: "Alice Martin left" }).waitFor({ timeout: 2000 });
     await expectVideoPlaying(B, REMOTE_CAMERAS, 1);

@@ -65,6 +65,8 @@ describe("pre-join and devices", { timeout: 180_000 }, () => {
     await F.click("#join-btn");
     await F.waitForSelector("#call:not([hidden])");
     assert.equal(await F.evaluate(() => window.plaza.call.local.cam.track), null, "camera released");
+    await waitInPage(F, "the connection indicator to say connected", () => document.querySelector("#conn-state").dataset.state === "connected", null, 5000);
+    await screenshot(F, "call-alone");
     assert.equal(await F.evaluate(() => window.plaza.call.local.mic.track.enabled), false, "microphone silenced");
   });
 
