@@ -10,6 +10,8 @@ use plaza::config::Config;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML). Defaults: config/default.toml's values, built in.
     #[arg(long, short, env = "PLAZA_CONFIG")]
     config: Option<PathBuf>,
@@ -25,6 +27,13 @@ struct Cli {
     /// Log filter (log.level), e.g. info or plaza=debug.
     #[arg(long)]
     log_level: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Exit 0 if the server configured like this one answers /healthz on loopback
+    /// (for container health checks).
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -44,6 +53,9 @@ async fn main() -> anyhow::Result<()> {
         config.log.level = level;
     }
     config.validate()?;
+    if let Some(Command::Healthcheck) = cli.command {
+        return healthcheck(config.listen_addr().port()).await;
+    }
     init_logging(&config);
 
     // The drain inside the server is bounded by timeouts.shutdown_ms; this is the backstop
@@ -67,6 +79,24 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn healthcheck(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).await?;
+        anyhow::Ok(response.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(3), check).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => anyhow::bail!("/healthz did not answer 200"),
+        Ok(Err(e)) => Err(e.context("cannot reach /healthz")),
+        Err(_) => anyhow::bail!("/healthz did not answer within 3 s"),
+    }
 }
 
 fn init_logging(config: &Config) {

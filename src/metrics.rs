@@ -2,7 +2,10 @@
 //! servers in one test process never mix their numbers), carried in the app state.
 //! Names start with `plaza_`; labels are bounded sets (kinds, reasons, codes), never ids.
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 /// The roles of the tasks Plaza spawns, the `role` label of `plaza_tasks`.
 pub const TASK_ROLES: &[&str] = &[
@@ -28,7 +31,14 @@ pub struct Metrics {
     pub dropped_packets: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub nacks_received: IntCounterVec,
+    pub nacks_sent: IntCounterVec,
     pub retransmissions: IntCounterVec,
+    pub peer_connection_states: IntGaugeVec,
+    pub rtt: Histogram,
+    pub jitter: Histogram,
+    pub fraction_lost: Histogram,
+    pub join_to_first_media: Histogram,
+    pub udp_receive_buffer_errors: IntCounter,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
 }
@@ -51,6 +61,40 @@ impl Metrics {
                 .expect("registered once");
             c
         };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let peer_connection_states = IntGaugeVec::new(
+            Opts::new(
+                "plaza_peer_connection_states",
+                "Peer connections by ICE/DTLS connection state.",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(peer_connection_states.clone()))
+            .expect("registered once");
+        let udp_receive_buffer_errors = IntCounter::new(
+            "plaza_udp_receive_buffer_errors_total",
+            "UDP datagrams the kernel dropped because a socket's receive buffer was full \
+             (/proc/net/snmp Udp RcvbufErrors, for the whole network namespace).",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(udp_receive_buffer_errors.clone()))
+            .expect("registered once");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("registered once");
         let tasks = IntGaugeVec::new(
             Opts::new("plaza_tasks", "Live background tasks by role."),
             &["role"],
@@ -94,6 +138,33 @@ impl Metrics {
                 "NACK feedback messages received, by leg.",
                 &["leg"],
             ),
+            nacks_sent: counter(
+                "plaza_nacks_sent_total",
+                "NACK feedback messages sent, by leg (to publishers).",
+                &["leg"],
+            ),
+            peer_connection_states,
+            rtt: histogram(
+                "plaza_rtt_seconds",
+                "Round-trip time to subscribers, from their RTCP receiver reports.",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6],
+            ),
+            jitter: histogram(
+                "plaza_jitter_seconds",
+                "Interarrival jitter subscribers report (RTCP receiver reports).",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+            ),
+            fraction_lost: histogram(
+                "plaza_fraction_lost",
+                "Fraction of packets lost that subscribers report per RTCP interval (0 to 1).",
+                vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+            ),
+            join_to_first_media: histogram(
+                "plaza_join_to_first_media_seconds",
+                "From a participant's join message to the first media packet sent to it.",
+                vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0],
+            ),
+            udp_receive_buffer_errors,
             retransmissions: counter(
                 "plaza_retransmissions_total",
                 "Packets subscribers asked for again (NACK): sent from history, or no longer there.",
@@ -115,6 +186,12 @@ impl Metrics {
 
     /// The registry in the Prometheus text exposition format.
     pub fn render(&self) -> String {
+        if let Some(kernel) = read_udp_rcvbuf_errors() {
+            let seen = self.udp_receive_buffer_errors.get();
+            if kernel > seen {
+                self.udp_receive_buffer_errors.inc_by(kernel - seen);
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -137,6 +214,18 @@ impl Metrics {
         gauge.inc();
         TaskGuard(gauge)
     }
+}
+
+/// `Udp: ... RcvbufErrors` from /proc/net/snmp: a header line of names, then one of values.
+fn read_udp_rcvbuf_errors() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let names = udp.next()?.split_whitespace();
+    let values = udp.next()?.split_whitespace();
+    names
+        .zip(values)
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 impl Default for Metrics {

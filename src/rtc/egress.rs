@@ -67,9 +67,12 @@ pub fn spawn_egress(
     mut packets: mpsc::Receiver<EgressItem>,
     mut control: mpsc::UnboundedReceiver<EgressControl>,
     metrics: &Metrics,
+    joined_at: std::time::Instant,
     guard: TaskGuard,
 ) {
     let counters = OutCounters::new(metrics);
+    let join_time = metrics.join_to_first_media.clone();
+    let mut first_media_sent = false;
     tokio::spawn(async move {
         let _guard = guard;
         let mut tracks: HashMap<TrackId, Outgoing> = HashMap::new();
@@ -113,6 +116,10 @@ pub fn spawn_egress(
                         if written == 0 {
                             counters.unbound.inc();
                         } else {
+                            if !first_media_sent {
+                                first_media_sent = true;
+                                join_time.observe(joined_at.elapsed().as_secs_f64());
+                            }
                             counters.packets[k].inc();
                             counters.bytes[k].inc_by(item.packet.wire_size() as u64);
                         }

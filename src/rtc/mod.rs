@@ -9,6 +9,7 @@
 
 mod egress;
 mod peer;
+mod telemetry;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -215,11 +215,53 @@ pub struct Peer {
     _counted: PeerCounted,
 }
 
-struct PeerCounted(Metrics);
+/// Counts a live peer connection, and which state it is in, until dropped.
+struct PeerCounted {
+    metrics: Metrics,
+    state: Arc<std::sync::Mutex<&'static str>>,
+}
+
+impl PeerCounted {
+    fn new(metrics: Metrics) -> Self {
+        metrics.peer_connections.inc();
+        metrics
+            .peer_connection_states
+            .with_label_values(&["new"])
+            .inc();
+        Self {
+            metrics,
+            state: Arc::new(std::sync::Mutex::new("new")),
+        }
+    }
+
+    /// A closure that moves the count from the previous state to `next`.
+    fn tracker(&self) -> impl Fn(&'static str) + Send + Sync + 'static {
+        let (metrics, state) = (self.metrics.clone(), self.state.clone());
+        move |next| {
+            let mut current = state.lock().expect("state lock is never poisoned");
+            if *current != next {
+                metrics
+                    .peer_connection_states
+                    .with_label_values(&[*current])
+                    .dec();
+                metrics
+                    .peer_connection_states
+                    .with_label_values(&[next])
+                    .inc();
+                *current = next;
+            }
+        }
+    }
+}
 
 impl Drop for PeerCounted {
     fn drop(&mut self) {
-        self.0.peer_connections.dec();
+        self.metrics.peer_connections.dec();
+        let current = *self.state.lock().expect("state lock is never poisoned");
+        self.metrics
+            .peer_connection_states
+            .with_label_values(&[current])
+            .dec();
     }
 }
 
@@ -231,7 +273,7 @@ impl RtcEngine {
     ) -> Result<Peer, RtcError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
-        let registry = register_interceptors(Registry::new(), &mut media)?;
+        let registry = register_interceptors(Registry::new(), &mut media, &self.metrics)?;
 
         let mut settings = SettingEngine::default();
         settings.set_udp_network(self.udp_network());
@@ -268,8 +310,8 @@ impl RtcEngine {
             .with_setting_engine(settings)
             .build();
         let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
-        self.metrics.peer_connections.inc();
-        let counted = PeerCounted(self.metrics.clone());
+        let counted = PeerCounted::new(self.metrics.clone());
+        let track_state = counted.tracker();
 
         let tx = events.clone();
         pc.on_ice_candidate(Box::new(move |candidate| {
@@ -288,6 +330,14 @@ impl RtcEngine {
         }));
         let tx = events.clone();
         pc.on_peer_connection_state_change(Box::new(move |state| {
+            track_state(match state {
+                RTCPeerConnectionState::Connecting => "connecting",
+                RTCPeerConnectionState::Connected => "connected",
+                RTCPeerConnectionState::Disconnected => "disconnected",
+                RTCPeerConnectionState::Failed => "failed",
+                RTCPeerConnectionState::Closed => "closed",
+                _ => "new",
+            });
             let state = match state {
                 RTCPeerConnectionState::Connected => Some(PeerState::Connected),
                 RTCPeerConnectionState::Disconnected => Some(PeerState::Disconnected),
@@ -402,11 +452,26 @@ impl Peer {
             .await?;
         let sender = transceiver.sender().await;
         let rtcp_sender = sender.clone();
+        let metrics = self.metrics.clone();
+        let clock_rate = codec.clock_rate;
         tokio::spawn(async move {
             let _guard = guard;
             while let Ok((packets, _)) = rtcp_sender.read_rtcp().await {
                 for packet in packets {
                     let any = packet.as_any();
+                    let reports = if let Some(rr) =
+                        any.downcast_ref::<rtcp::receiver_report::ReceiverReport>()
+                    {
+                        &rr.reports[..]
+                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>()
+                    {
+                        &sr.reports[..]
+                    } else {
+                        &[]
+                    };
+                    for report in reports {
+                        super::telemetry::observe_reception_report(&metrics, report, clock_rate);
+                    }
                     if any.is::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>() {
                         feedback(Feedback::Pli);
                     } else if any.is::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>() {
@@ -576,6 +641,7 @@ fn lost_sequence_numbers(nack: &TransportLayerNack) -> Vec<u16> {
 fn register_interceptors(
     mut registry: Registry,
     media: &mut MediaEngine,
+    metrics: &Metrics,
 ) -> Result<Registry, webrtc::Error> {
     for parameter in ["", "pli"] {
         media.register_feedback(
@@ -586,6 +652,9 @@ fn register_interceptors(
             RTPCodecType::Video,
         );
     }
+    registry.add(Box::new(super::telemetry::FeedbackCounterBuilder {
+        nacks_sent: metrics.nacks_sent.with_label_values(&["publisher"]),
+    }));
     registry.add(Box::new(
         webrtc::interceptor::nack::generator::Generator::builder(),
     ));

@@ -455,6 +455,7 @@ impl Session {
             limits.max_tracks_per_participant,
         )?;
 
+        let joined_at = Instant::now();
         let id = self.state.ids.participant();
         let span = tracing::info_span!("participant", room = %room, participant = %id);
         let (peer_tx, peer_events) = mpsc::unbounded_channel();
@@ -481,6 +482,7 @@ impl Session {
             egress_rx,
             control_rx,
             &self.state.metrics,
+            joined_at,
             self.state.metrics.task("egress"),
         );
         let mut j = Joined {

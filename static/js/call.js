@@ -310,6 +310,7 @@ export class Call extends Emitter {
     this.participants.clear();
     this.levels.clear();
     this.activeSpeaker = null;
+    this.emit("levels", { levels: this.levels, activeSpeaker: null });
     this.scheduleReconnect(reason);
   }
 
@@ -319,6 +320,7 @@ export class Call extends Emitter {
     this.totals.reconnects++;
     this.reconnectAt = Date.now() + delay;
     this.setState("reconnecting", reason);
+    this.changed();
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => this.connect(), delay);
   }

@@ -308,11 +308,21 @@ export class CallView {
       const narrow = this.stage.clientWidth < 720 || this.stage.clientHeight > this.stage.clientWidth;
       this.stage.classList.toggle("strip-bottom", narrow);
       const shots = this.screens.children.length;
+      if (narrow) {
+        // Portrait: the shared screen as wide as the stage, the people below in what is left.
+        const stageW = this.stage.clientWidth;
+        const stageH = this.stage.clientHeight;
+        const natural = Math.round(((stageW * 9) / 16) * shots + GAP * (shots - 1));
+        this.screens.style.flex = `0 0 ${Math.min(Math.round(stageH * 0.62), natural)}px`;
+      } else {
+        this.screens.style.flex = "";
+      }
       const s = bestGrid(shots, this.screens.clientWidth, this.screens.clientHeight, 16 / 9);
       this.screens.style.setProperty("--tile-w", `${s.width}px`);
       this.screens.style.setProperty("--tile-h", `${s.height}px`);
     } else {
       this.stage.classList.remove("strip-bottom");
+      this.screens.style.flex = "";
     }
     const width = this.grid.clientWidth;
     const height = this.grid.clientHeight;
@@ -467,9 +477,10 @@ export class CallView {
       banner.hidden = false;
       banner.dataset.kind = "warn";
       const offline = navigator.onLine === false;
+      const attempt = call.attempt > 1 ? ` (attempt ${call.attempt})` : "";
       bannerText.textContent = offline
-        ? "You are offline. Plaza will rejoin the call as soon as the network is back."
-        : `Connection lost${call.stateDetail ? ` (${call.stateDetail})` : ""}. Rejoining the call…`;
+        ? `You seem to be offline. Rejoining the call as soon as the server can be reached…${attempt}`
+        : `Connection lost: ${call.stateDetail || "reconnecting"}. Rejoining the call…${attempt}`;
       bannerBtn.textContent = "Retry now";
       bannerBtn.onclick = () => call.reconnectNow();
       bannerBtn.hidden = false;
@@ -551,6 +562,10 @@ export class CallView {
   }
 
   shortcut(event) {
+    if (event.key === "Escape" && this.panelTab && !$("#settings").open) {
+      this.closePanel();
+      return;
+    }
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     const target = event.target;
     if (target instanceof HTMLElement && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) return;

@@ -69,7 +69,8 @@ export class Connection extends Emitter {
         });
     };
     ws.onerror = () => {}; // onclose follows with the details
-    ws.onclose = (event) => this.close(event.code === 1000 ? "closed by the server" : `connection lost (${event.code})`);
+    ws.onclose = (event) =>
+      this.close(this.joined ? (event.code === 1000 ? "the server ended the session" : "lost the connection to the server") : "could not reach the server");
   }
 
   send(msg) {

@@ -191,6 +191,9 @@ describe("a three-person call", { timeout: 300_000 }, () => {
       assert.equal(await page.locator("#grid .tile").count(), 3);
     }
     await screenshot(B, "call-screen-share");
+    await screenshot(C, "call-phone-screen-share");
+    await A.waitForSelector(`#screens .tile.self[data-kind="screen"]`);
+    await screenshot(A, "call-presenting");
     await A.click("#btn-screen");
     for (const page of [B, C]) {
       await waitInPage(page, "the screen-share tile to go away", (sel) => !document.querySelector(sel), screenTile, 5000);
@@ -273,6 +276,12 @@ describe("a three-person call", { timeout: 300_000 }, () => {
       ["peer connection closed", () => window.plaza.pc.close()],
     ]) {
       const before = await B.evaluate(() => ({ pid: window.plaza.participantId, connections: window.plaza.stats.connections }));
+      // Record what the connection indicator shows the user while it happens.
+      await B.evaluate(() => {
+        const box = document.querySelector("#conn-state");
+        window.__seenStates = [box.dataset.state];
+        new MutationObserver(() => window.__seenStates.push(box.dataset.state)).observe(box, { attributes: true });
+      });
       await B.evaluate(kill);
       await waitInPage(B, `a new connection after: ${how}`, (before) => {
         const s = window.plaza.stats;
@@ -291,6 +300,8 @@ describe("a three-person call", { timeout: 300_000 }, () => {
       }, pid.B, 10_000);
       await expectVideoPlaying(C, REMOTE_CAMERAS, 1);
       await waitInPage(B, "the indicator to say connected", () => document.querySelector("#conn-state").dataset.state === "connected", null, 5000);
+      const seen = await B.evaluate(() => window.__seenStates);
+      assert.ok(seen.includes("reconnecting"), `the indicator showed the reconnection (${seen.join(" → ")})`);
     }
   });
 
