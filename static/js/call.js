@@ -24,7 +24,10 @@ export function signallingUrl() {
 }
 
 /** Join refusals that retrying will not fix. */
-const FATAL_JOIN_ERRORS = new Set(["invalid-message", "unsupported-version"]);
+const FATAL_JOIN_ERRORS = new Set(["invalid-message", "unsupported-version", "room-full", "too-many-rooms"]);
+
+/** Requests whose loss leaves the negotiation stuck: start over if the server drops one. */
+const VITAL_REQUESTS = new Set(["answer", "publish", "unpublish"]);
 
 export class Call extends Emitter {
   /**
@@ -280,10 +283,12 @@ export class Call extends Emitter {
       const fatal = FATAL_JOIN_ERRORS.has(err.code);
       const text =
         err.code === "room-full"
-          ? "This room is full."
+          ? "This room is full. Try again later, or pick another room."
           : err.code === "too-many-rooms"
-            ? "The server cannot open more rooms right now."
-            : err.message;
+            ? "The server cannot open more rooms right now. Try again later."
+            : err.code === "shutting-down"
+              ? "The server is restarting"
+              : err.message;
       if (fatal) {
         this.stopTimers();
         this.setState("failed", text);
@@ -291,6 +296,10 @@ export class Call extends Emitter {
       } else {
         this.scheduleReconnect(text);
       }
+      return;
+    }
+    if (err.code === "rate-limited" && VITAL_REQUESTS.has(err.request)) {
+      conn.close("too many messages");
       return;
     }
     if (err.code === "invalid-sdp") {

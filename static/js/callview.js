@@ -110,7 +110,7 @@ export class CallView {
       toast(text, { kind });
       if (kind === "join" || kind === "leave") this.addSystemLine(text);
     });
-    on("server-error", (err) => toast(`${err.message} (${err.code})`, { kind: "error", timeout: 6000 }));
+    on("server-error", (err) => this.showServerError(err));
     document.addEventListener("keydown", this.onKey);
     document.addEventListener("pointerdown", this.unlockAudio);
     this.clockTimer = setInterval(() => this.renderClock(), 1000);
@@ -515,6 +515,28 @@ export class CallView {
 
   renderClock() {
     $("#clock").textContent = new Date().toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  /** Errors the server reports during the call (the session goes on). */
+  showServerError(err) {
+    let text;
+    switch (err.code) {
+      case "invalid-candidate":
+      case "no-offer-pending":
+        return; // harmless for the user; logged by the connection
+      case "rate-limited":
+        text = "You are doing that too fast. Wait a moment and try again.";
+        break;
+      case "unknown-participant":
+        text = "That person is no longer in the call.";
+        break;
+      case "too-many-tracks":
+        text = "You cannot share more at the same time.";
+        break;
+      default:
+        text = `${err.message} (${err.code})`;
+    }
+    toast(text, { kind: "error", timeout: 6000 });
   }
 
   // ---- controls -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   expectAudioArriving,
   expectVideoPlaying,
+  failingMedia,
   launchBrowser,
   openPage,
   participantId,
@@ -16,11 +17,6 @@ import {
 
 const ROOM = `devices-${Math.random().toString(36).slice(2, 7)}`;
 
-/** Makes getUserMedia fail the way a browser does when the user blocks access / has no device. */
-const failingMedia = (name) => `
-  navigator.mediaDevices.getUserMedia = () =>
-    Promise.reject(new DOMException(${JSON.stringify(name === "NotAllowedError" ? "Permission denied" : "Requested device not found")}, ${JSON.stringify(name)}));
-`;
 
 async function goToPrejoin(page, base, name) {
   await page.goto(`${base}?room=${encodeURIComponent(ROOM)}`);

@@ -17,12 +17,12 @@ const PLAZA_BIN = process.env.PLAZA_BIN ?? join(ROOT, "target/release/plaza");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** Starts target/release/plaza on a free port; resolves once /healthz answers. */
-export async function startServer(name = "server") {
+export async function startServer(name = "server", env = {}) {
   if (!existsSync(PLAZA_BIN)) throw new Error(`${PLAZA_BIN} does not exist: run cargo build --release first`);
   const log = createWriteStream(join(ARTIFACTS, `${name}.log`));
   const child = spawn(PLAZA_BIN, ["--listen", "127.0.0.1:0", "--udp-port", "0", "--advertise-ip", "127.0.0.1", "--log-level", "info"], {
     cwd: ROOT,
-    env: { ...process.env, NO_COLOR: "1", PLAZA_HTTP__STATIC_DIR: join(ROOT, "static") },
+    env: { ...process.env, NO_COLOR: "1", PLAZA_HTTP__STATIC_DIR: join(ROOT, "static"), ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
@@ -132,8 +132,14 @@ export async function waitInPage(page, what, fn, arg, timeout = 10_000) {
   }
 }
 
+/** Makes getUserMedia fail the way a browser does when access is blocked or there is no device. */
+export const failingMedia = (name) => `
+  navigator.mediaDevices.getUserMedia = () =>
+    Promise.reject(new DOMException(${JSON.stringify(name === "NotAllowedError" ? "Permission denied" : "Requested device not found")}, ${JSON.stringify(name)}));
+`;
+
 /** Goes through the lobby and the pre-join screen and joins the call. */
-export async function joinThroughLobby(page, base, room, name) {
+export async function joinThroughLobby(page, base, room, name, { expectCall = true } = {}) {
   await page.goto(base);
   await page.waitForSelector("#lobby:not([hidden])");
   await page.fill("#room-input", room);
@@ -145,7 +151,7 @@ export async function joinThroughLobby(page, base, room, name) {
     return !b.disabled;
   }, null, 15_000);
   await page.click("#join-btn");
-  await page.waitForSelector("#call:not([hidden])");
+  if (expectCall) await page.waitForSelector("#call:not([hidden])");
 }
 
 // ---- in-page probes (run inside the page) -------------------------------------------------
