@@ -38,6 +38,7 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: String,
     pub static_dir: PathBuf,
+    pub metrics_listen: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +46,10 @@ pub struct HttpConfig {
 pub struct RtcConfig {
     pub udp_bind: String,
     pub udp_port: u16,
+    pub udp_port_range: Vec<u16>,
     pub advertise_ips: Vec<String>,
+    pub stun_discovery: String,
+    pub ice_lite: bool,
     pub udp_recv_buffer_bytes: usize,
 }
 
@@ -66,6 +70,7 @@ pub struct LimitsConfig {
     pub max_participants_per_room: usize,
     pub max_tracks_per_participant: usize,
     pub max_message_bytes: usize,
+    pub max_messages_per_second: u32,
     pub max_name_chars: usize,
 }
 
@@ -98,6 +103,7 @@ impl Default for HttpConfig {
         Self {
             listen: "0.0.0.0:8080".into(),
             static_dir: "static".into(),
+            metrics_listen: String::new(),
         }
     }
 }
@@ -107,7 +113,10 @@ impl Default for RtcConfig {
         Self {
             udp_bind: "0.0.0.0".into(),
             udp_port: 50000,
+            udp_port_range: Vec::new(),
             advertise_ips: Vec::new(),
+            stun_discovery: String::new(),
+            ice_lite: false,
             udp_recv_buffer_bytes: 8 * 1024 * 1024,
         }
     }
@@ -120,6 +129,7 @@ impl Default for LimitsConfig {
             max_participants_per_room: 100,
             max_tracks_per_participant: 8,
             max_message_bytes: 256 * 1024,
+            max_messages_per_second: 50,
             max_name_chars: 64,
         }
     }
@@ -202,6 +212,26 @@ impl Config {
             .udp_bind
             .parse::<IpAddr>()
             .map_err(|e| invalid("rtc.udp_bind", &e.to_string()))?;
+        if !self.http.metrics_listen.is_empty() {
+            self.http
+                .metrics_listen
+                .parse::<SocketAddr>()
+                .map_err(|e| invalid("http.metrics_listen", &e.to_string()))?;
+        }
+        match self.rtc.udp_port_range[..] {
+            [] => {}
+            [min, max] if min > 0 && min <= max => {}
+            _ => {
+                return Err(invalid(
+                    "rtc.udp_port_range",
+                    "must be empty or [first, last] with 0 < first <= last",
+                ))
+            }
+        }
+        if !self.rtc.stun_discovery.is_empty() && self.rtc.stun_discovery.rsplit_once(':').is_none()
+        {
+            return Err(invalid("rtc.stun_discovery", "must be host:port"));
+        }
         for ip in &self.rtc.advertise_ips {
             ip.parse::<IpAddr>()
                 .map_err(|e| invalid("rtc.advertise_ips", &format!("{ip:?}: {e}")))?;
@@ -271,6 +301,15 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         self.http.listen.parse().expect("validated: http.listen")
+    }
+
+    pub fn metrics_listen_addr(&self) -> Option<SocketAddr> {
+        (!self.http.metrics_listen.is_empty()).then(|| {
+            self.http
+                .metrics_listen
+                .parse()
+                .expect("validated: http.metrics_listen")
+        })
     }
 
     pub fn keyframe_request_interval(&self) -> Duration {

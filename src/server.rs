@@ -81,10 +81,13 @@ impl AppState {
 
 pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.config.http.static_dir);
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if state.config.metrics_listen_addr().is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route("/api/rooms", get(rooms))
         .route("/ws", get(websocket))
         .fallback_service(static_files)
@@ -142,9 +145,17 @@ async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Respo
         .on_upgrade(move |socket| run_session(socket, state))
 }
 
+/// The router of the separate metrics listener (`http.metrics_listen`).
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 /// A running server: its addresses, and its state (for tests that read metrics directly).
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub udp_addr: SocketAddr,
     pub state: AppState,
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -154,15 +165,34 @@ pub struct Running {
 /// sessions are told and closed, and the HTTP server stops once they are gone or
 /// `timeouts.shutdown_ms` has passed, whichever comes first.
 pub async fn start(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
+    if !config.rtc.stun_discovery.is_empty() {
+        let ip = crate::rtc::stun::discover_public_ip(&config.rtc.stun_discovery).await?;
+        tracing::info!(%ip, server = %config.rtc.stun_discovery, "public address discovered");
+        if !config.rtc.advertise_ips.contains(&ip.to_string()) {
+            config.rtc.advertise_ips.push(ip.to_string());
+        }
+    }
     let state = AppState::new(config)?;
     let listener = tokio::net::TcpListener::bind(state.config.listen_addr()).await?;
     let http_addr = listener.local_addr()?;
     let udp_addr = state.rtc.udp_addr();
     tracing::info!(http = %http_addr, udp = %udp_addr, "plaza listening");
     let router = app(state.clone());
+    let metrics_addr = match state.config.metrics_listen_addr() {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            tracing::info!(metrics = %bound, "metrics listening");
+            let metrics_router = metrics_app(state.clone());
+            // Scrapes go on while draining; this listener ends with the process.
+            tokio::spawn(async move { axum::serve(listener, metrics_router).await });
+            Some(bound)
+        }
+        None => None,
+    };
     let drain_state = state.clone();
     let stopped = async move {
         shutdown.await;
@@ -186,6 +216,7 @@ pub async fn start(
     });
     Ok(Running {
         http_addr,
+        metrics_addr,
         udp_addr,
         state,
         done,

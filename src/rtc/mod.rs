@@ -9,6 +9,7 @@
 
 mod egress;
 mod peer;
+pub mod stun;
 mod telemetry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
-use webrtc::ice::udp_network::UDPNetwork;
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 
 pub use egress::{spawn_egress, EgressControl, EgressItem};
 pub use peer::{
@@ -46,6 +47,9 @@ pub enum RtcError {
 pub struct RtcEngine {
     mux: Arc<UDPMuxDefault>,
     udp_addr: SocketAddr,
+    /// When set, each peer connection binds its own port in this range instead of the mux.
+    port_range: Option<(u16, u16)>,
+    ice_lite: bool,
     advertise_ips: Vec<String>,
     ice_disconnected: Duration,
     ice_failed: Duration,
@@ -67,9 +71,15 @@ impl RtcEngine {
             .local_addr()
             .map_err(|source| RtcError::Bind { addr, source })?;
         let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+        let port_range = match config.rtc.udp_port_range[..] {
+            [first, last] => Some((first, last)),
+            _ => None,
+        };
         Ok(RtcEngine {
             mux,
             udp_addr,
+            port_range,
+            ice_lite: config.rtc.ice_lite,
             advertise_ips: config.rtc.advertise_ips.clone(),
             ice_disconnected: Duration::from_millis(config.timeouts.ice_disconnected_ms),
             ice_failed: Duration::from_millis(config.timeouts.ice_failed_ms),
@@ -83,7 +93,12 @@ impl RtcEngine {
     }
 
     fn udp_network(&self) -> UDPNetwork {
-        UDPNetwork::Muxed(self.mux.clone())
+        match self.port_range {
+            Some((first, last)) => UDPNetwork::Ephemeral(
+                EphemeralUDP::new(first, last).expect("validated: rtc.udp_port_range"),
+            ),
+            None => UDPNetwork::Muxed(self.mux.clone()),
+        }
     }
 
     /// Stops the mux; peer connections must be closed first.

@@ -19,6 +19,8 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
@@ -278,6 +280,7 @@ impl RtcEngine {
         let mut settings = SettingEngine::default();
         settings.set_udp_network(self.udp_network());
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        settings.set_lite(self.ice_lite);
         settings.set_ice_timeouts(
             Some(self.ice_disconnected),
             Some(self.ice_failed),
@@ -451,6 +454,15 @@ impl Peer {
             )
             .await?;
         let sender = transceiver.sender().await;
+        // webrtc-rs hands a whole compound RTCP packet to every sender whose SSRC appears in
+        // it, so each loop keeps only what is about its own stream.
+        let ssrc = sender
+            .get_parameters()
+            .await
+            .encodings
+            .first()
+            .map(|e| e.ssrc)
+            .unwrap_or_default();
         let rtcp_sender = sender.clone();
         let metrics = self.metrics.clone();
         let clock_rate = codec.clock_rate;
@@ -459,25 +471,22 @@ impl Peer {
             while let Ok((packets, _)) = rtcp_sender.read_rtcp().await {
                 for packet in packets {
                     let any = packet.as_any();
-                    let reports = if let Some(rr) =
-                        any.downcast_ref::<rtcp::receiver_report::ReceiverReport>()
-                    {
-                        &rr.reports[..]
-                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>()
-                    {
-                        &sr.reports[..]
-                    } else {
-                        &[]
-                    };
-                    for report in reports {
-                        super::telemetry::observe_reception_report(&metrics, report, clock_rate);
-                    }
-                    if any.is::<rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>() {
-                        feedback(Feedback::Pli);
-                    } else if any.is::<rtcp::payload_feedbacks::full_intra_request::FullIntraRequest>() {
-                        feedback(Feedback::Fir);
+                    if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
+                        observe_reports(&metrics, &rr.reports, ssrc, clock_rate);
+                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
+                        observe_reports(&metrics, &sr.reports, ssrc, clock_rate);
+                    } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                        if pli.media_ssrc == ssrc {
+                            feedback(Feedback::Pli);
+                        }
+                    } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                        if fir.fir.iter().any(|entry| entry.ssrc == ssrc) {
+                            feedback(Feedback::Fir);
+                        }
                     } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
-                        feedback(Feedback::Nack(lost_sequence_numbers(nack)));
+                        if nack.media_ssrc == ssrc {
+                            feedback(Feedback::Nack(lost_sequence_numbers(nack)));
+                        }
                     }
                 }
             }
@@ -544,7 +553,7 @@ impl Peer {
 
     /// Asks the publisher for a keyframe on `ssrc` with a PLI.
     pub async fn request_keyframe(&self, ssrc: u32) {
-        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+        let pli = PictureLossIndication {
             sender_ssrc: 0,
             media_ssrc: ssrc,
         };
@@ -617,6 +626,17 @@ fn check_answer_matches_offer(offer: &str, answer: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn observe_reports(
+    metrics: &Metrics,
+    reports: &[rtcp::reception_report::ReceptionReport],
+    ssrc: u32,
+    clock_rate: u32,
+) {
+    for report in reports.iter().filter(|r| r.ssrc == ssrc) {
+        super::telemetry::observe_reception_report(metrics, report, clock_rate);
+    }
 }
 
 /// Expands a NACK's (packet id, bitmask) pairs into sequence numbers (RFC 4585 6.2.1).

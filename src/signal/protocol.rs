@@ -237,6 +237,8 @@ pub enum ErrorCode {
     UnknownTrack,
     /// A participant id that is not in your room.
     UnknownParticipant,
+    /// More than `limits.max_messages_per_second` (beyond a burst): the message was dropped.
+    RateLimited,
     /// The server is shutting down and takes no new joins.
     ShuttingDown,
     /// The server failed; the message says nothing more on purpose (see the server's log).
@@ -261,6 +263,7 @@ impl ErrorCode {
             ErrorCode::InvalidCandidate => "invalid-candidate",
             ErrorCode::UnknownTrack => "unknown-track",
             ErrorCode::UnknownParticipant => "unknown-participant",
+            ErrorCode::RateLimited => "rate-limited",
             ErrorCode::ShuttingDown => "shutting-down",
             ErrorCode::Internal => "internal",
         }

@@ -37,11 +37,13 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
     let _task = state.metrics.task("session");
     let (sink, mut stream) = socket.split();
     let mut draining = std::pin::pin!(state.lifecycle.draining());
+    let rate = state.config.limits.max_messages_per_second;
     let mut session = Session {
         state,
         sink,
         joined: None,
         last_heard_at: Instant::now(),
+        budget: TokenBucket::new(rate as f64, rate as f64 * 4.0),
     };
     let end = loop {
         let deadline = session.next_deadline();
@@ -103,6 +105,40 @@ struct Session {
     sink: SplitSink<WebSocket, Message>,
     joined: Option<Joined>,
     last_heard_at: Instant,
+    budget: TokenBucket,
+}
+
+/// Messages a connection may send: `rate` per second on average, `burst` at once.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled_at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            refilled_at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 struct Joined {
@@ -225,6 +261,15 @@ impl Session {
                 return None;
             }
         };
+        if !self.budget.take(Instant::now()) {
+            let rate = self.state.config.limits.max_messages_per_second;
+            self.send_error(ClientError::new(
+                ErrorCode::RateLimited,
+                format!("more than {rate} messages per second; this one was dropped"),
+            ))
+            .await;
+            return None;
+        }
         let limit = self.state.config.limits.max_message_bytes;
         if text.len() > limit {
             self.send_error(ClientError::new(

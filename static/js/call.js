@@ -129,6 +129,7 @@ export class Call extends Emitter {
     this.totals.connections++;
     this.pcTroubleSince = 0;
     this.firstAnswerAt = 0;
+    this.mediaEverConnected = false;
     this.mediaState = "new";
     this.mediaRttMs = null;
     if (this.totals.connections === 1) this.setState("connecting");
@@ -169,6 +170,7 @@ export class Call extends Emitter {
     });
     conn.on("chat", (msg) => this.onChat(msg));
     conn.on("track", ({ binding, track }) => this.onRemoteTrack(binding, track));
+    conn.on("offer-received", () => this.totals.offers++);
     conn.on("offer-applied", (bindings) => this.onOfferApplied(conn, bindings));
     conn.on("pc-state", (state) => this.onPcState(conn, state));
     conn.on("rtt", (rtt) => {
@@ -226,7 +228,6 @@ export class Call extends Emitter {
   }
 
   onOfferApplied(conn, { send, recv }) {
-    this.totals.offers++;
     this.totals.answers++;
     if (!this.firstAnswerAt) this.firstAnswerAt = performance.now();
     // Media of tracks no longer bound has ended.
@@ -269,6 +270,7 @@ export class Call extends Emitter {
   onPcState(conn, state) {
     this.mediaState = state;
     if (state === "connected") {
+      this.mediaEverConnected = true;
       this.attempt = 0;
       this.pcTroubleSince = 0;
     }
@@ -316,6 +318,10 @@ export class Call extends Emitter {
 
   onConnectionLost(reason) {
     if (this.state === "left" || this.state === "failed") return;
+    // A session that lasted a while was healthy: reconnect at once, not with the backoff of
+    // earlier failures.
+    const lost = this.conn;
+    if (lost?.joinedAt && performance.now() - lost.joinedAt > 15_000) this.attempt = 0;
     this.participants.clear();
     this.levels.clear();
     this.activeSpeaker = null;
@@ -387,7 +393,8 @@ export class Call extends Emitter {
     } else {
       this.pcTroubleSince = 0;
     }
-    if (st !== "connected" && this.firstAnswerAt && now - this.firstAnswerAt > PC_CONNECT_TIMEOUT_MS) {
+    if (st === "connected") this.mediaEverConnected = true;
+    if (!this.mediaEverConnected && this.firstAnswerAt && now - this.firstAnswerAt > PC_CONNECT_TIMEOUT_MS) {
       conn.close("media connection could not be established");
       return;
     }

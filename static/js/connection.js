@@ -90,6 +90,7 @@ export class Connection extends Emitter {
     switch (msg.type) {
       case "joined":
         this.joined = true;
+        this.joinedAt = performance.now();
         this.participantId = msg.participant_id;
         this.createPeerConnection(msg.ice_servers ?? []);
         this.emit("joined", msg);
@@ -155,6 +156,7 @@ export class Connection extends Emitter {
   async applyOffer(msg) {
     if (!this.pc) throw new Error("offer before joined");
     this.stats.offers++;
+    this.emit("offer-received", msg);
     // Record the bindings first: `track` events fire during setRemoteDescription.
     this.recvByMid = new Map();
     this.sendByCid = new Map();

@@ -40,7 +40,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     await server?.stop();
   });
 
-  it("three people join through the lobby; each sees two playing remote videos with audio within 5 s", async () => {
+  it("three people join through the lobby; each sees two playing remote videos with audio within 5 s", async (t) => {
     // Join one after the other, as people do; time from the last join.
     await joinThroughLobby(A, server.base, ROOM, "Alice Martin");
     await joinThroughLobby(B, server.base, ROOM, "Bob Okafor");
@@ -61,6 +61,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     }
     const elapsed = Date.now() - lastJoin;
     assert.ok(elapsed <= 5000, `all pages showed video ${elapsed} ms after the last join`);
+    t.diagnostic(`every page showed two remote videos ${elapsed} ms after the last join`);
 
     pid.A = await participantId(A);
     pid.B = await participantId(B);
