@@ -14,7 +14,8 @@ COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin plaza \
- && cp target/release/plaza /usr/local/bin/plaza
+ && cp target/release/plaza /usr/local/bin/plaza \
+ && strip --strip-debug /usr/local/bin/plaza
 
 FROM debian:bookworm-slim
 RUN apt-get update \
