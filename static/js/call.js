@@ -330,7 +330,10 @@ export class Call extends Emitter {
   }
 
   scheduleReconnect(reason) {
-    const delay = RECONNECT_DELAYS_MS[Math.min(this.attempt, RECONNECT_DELAYS_MS.length - 1)];
+    // With jitter, so that everyone in a room does not knock at the same moment after a
+    // server restart.
+    const base = RECONNECT_DELAYS_MS[Math.min(this.attempt, RECONNECT_DELAYS_MS.length - 1)];
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
     this.attempt++;
     this.totals.reconnects++;
     this.reconnectAt = Date.now() + delay;

@@ -17,10 +17,10 @@ const PLAZA_BIN = process.env.PLAZA_BIN ?? join(ROOT, "target/release/plaza");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** Starts target/release/plaza on a free port; resolves once /healthz answers. */
-export async function startServer(name = "server", env = {}) {
+export async function startServer(name = "server", env = {}, { listen = "127.0.0.1:0" } = {}) {
   if (!existsSync(PLAZA_BIN)) throw new Error(`${PLAZA_BIN} does not exist: run cargo build --release first`);
-  const log = createWriteStream(join(ARTIFACTS, `${name}.log`));
-  const child = spawn(PLAZA_BIN, ["--listen", "127.0.0.1:0", "--udp-port", "0", "--advertise-ip", "127.0.0.1", "--log-level", "info"], {
+  const log = createWriteStream(join(ARTIFACTS, `${name}.log`), { flags: "a" });
+  const child = spawn(PLAZA_BIN, ["--listen", listen, "--udp-port", "0", "--advertise-ip", "127.0.0.1", "--log-level", "info"], {
     cwd: ROOT,
     env: { ...process.env, NO_COLOR: "1", PLAZA_HTTP__STATIC_DIR: join(ROOT, "static"), ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -52,6 +52,7 @@ export async function startServer(name = "server", env = {}) {
   }, 15_000, `${base}healthz to answer ok`);
   return {
     base,
+    listen: http,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
         child.kill("SIGTERM");
