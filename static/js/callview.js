@@ -476,11 +476,10 @@ export class CallView {
     if (call.state === "reconnecting") {
       banner.hidden = false;
       banner.dataset.kind = "warn";
-      const offline = navigator.onLine === false;
+      // (navigator.onLine is not trusted: it says "offline" on a machine whose only network
+      // is loopback, where a local server is perfectly reachable.)
       const attempt = call.attempt > 1 ? ` (attempt ${call.attempt})` : "";
-      bannerText.textContent = offline
-        ? `You seem to be offline. Rejoining the call as soon as the server can be reached…${attempt}`
-        : `Connection lost: ${call.stateDetail || "reconnecting"}. Rejoining the call…${attempt}`;
+      bannerText.textContent = `Connection lost: ${call.stateDetail || "reconnecting"}. Rejoining the call…${attempt}`;
       bannerBtn.textContent = "Retry now";
       bannerBtn.onclick = () => call.reconnectNow();
       bannerBtn.hidden = false;
