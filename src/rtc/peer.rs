@@ -473,7 +473,8 @@ impl Peer {
                     let any = packet.as_any();
                     if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
                         observe_reports(&metrics, &rr.reports, ssrc, clock_rate);
-                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
+                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>()
+                    {
                         observe_reports(&metrics, &sr.reports, ssrc, clock_rate);
                     } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                         if pli.media_ssrc == ssrc {

@@ -24,6 +24,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
   let server;
   let browser;
   let A, B, C; // Alice and Bob on laptops, Chloe on a phone-sized screen
+  let lobby; // someone looking at the lobby meanwhile
   const pid = {};
 
   before(async () => {
@@ -35,7 +36,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
   });
 
   after(async () => {
-    for (const page of [A, B, C]) await page?.closeAll();
+    for (const page of [A, B, C, lobby]) await page?.closeAll();
     await browser?.close();
     await server?.stop();
   });
@@ -85,8 +86,8 @@ describe("a three-person call", { timeout: 300_000 }, () => {
   });
 
   it("the lobby lists the room with its participant count", async () => {
-    const lobby = await openPage(browser, "lobby", { viewport: { width: 1280, height: 720 } });
-    try {
+    lobby = await openPage(browser, "lobby", { viewport: { width: 1280, height: 720 } });
+    {
       await lobby.goto(server.base);
       await waitInPage(
         lobby,
@@ -102,8 +103,7 @@ describe("a three-person call", { timeout: 300_000 }, () => {
       assert.equal(await lobby.inputValue("#room-input"), ROOM);
       const remembered = await A.evaluate(() => localStorage.getItem("plaza.name"));
       assert.equal(remembered, "Alice Martin");
-    } finally {
-      await lobby.closeAll();
+      // The lobby page stays open: it must notice when someone leaves (see below).
     }
   });
 
@@ -252,6 +252,8 @@ describe("a three-person call", { timeout: 300_000 }, () => {
     // B and C are told.
     await B.locator("#toasts .toast", { hasText: "Alice Martin left" }).waitFor({ timeout: 2000 });
     await expectVideoPlaying(B, REMOTE_CAMERAS, 1);
+    // The open lobby refreshes by itself: two people left in the room.
+    await waitInPage(lobby, `the lobby to show ${ROOM} with 2 people`, (room) => document.querySelector(`#room-list li[data-room="${room}"] .count`)?.textContent === "2", ROOM, 8000);
   });
 
   it("reloading B brings it back into the call", async () => {
