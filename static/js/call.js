@@ -412,9 +412,15 @@ export class Call extends Emitter {
     for (const s of report.values()) if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
     const pair = pairId ? report.get(pairId) : null;
     if (pair?.currentRoundTripTime !== undefined) this.mediaRttMs = pair.currentRoundTripTime * 1000;
+    let midByTrackId = null; // for browsers whose inbound-rtp stats lack `mid`
     for (const s of report.values()) {
       if (s.type === "inbound-rtp" && s.kind === "audio") {
-        const b = conn.recvByMid.get(s.mid);
+        let mid = s.mid;
+        if (mid === undefined && s.trackIdentifier) {
+          midByTrackId ??= new Map(pc.getTransceivers().map((t) => [t.receiver.track?.id, t.mid]));
+          mid = midByTrackId.get(s.trackIdentifier);
+        }
+        const b = conn.recvByMid.get(mid);
         if (!b) continue;
         const track = this.participants.get(b.participant_id)?.tracks.get(b.track_id);
         const level = track?.muted ? 0 : s.audioLevel ?? 0;
