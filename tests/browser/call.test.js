@@ -42,11 +42,11 @@ describe("a three-person call", { timeout: 300_000 }, () => {
   });
 
   it("three people join through the lobby; each sees two playing remote videos with audio within 5 s", async (t) => {
-    // Join one after the other, as people do; time from the last join.
+    // Join one after the other, as people do; time from the last click on "Join now".
     await joinThroughLobby(A, server.base, ROOM, "Alice Martin");
     await joinThroughLobby(B, server.base, ROOM, "Bob Okafor");
-    const lastJoin = Date.now();
     await joinThroughLobby(C, server.base, ROOM, "Chloé Dubois");
+    const lastJoin = Date.now(); // (the call screen appears as the button is clicked)
     for (const page of [A, B, C]) {
       const left = Math.max(500, 5000 - (Date.now() - lastJoin));
       await waitInPage(
