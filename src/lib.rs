@@ -11,9 +11,14 @@
 //!   the participant's peer connection and negotiation.
 //! - [`server`]: HTTP (static client, `/healthz`, signalling, `/metrics`) and `run`.
 //! - [`config`] and [`metrics`]: one typed configuration tree; every Prometheus collector.
+//!
+//! Client side, never used by the server: [`client`], a headless participant (WebSocket
+//! signalling and a webrtc-rs peer), and [`load`], the engine of the `plaza-load` tool.
 
+pub mod client;
 pub mod config;
 pub mod forward;
+pub mod load;
 pub mod metrics;
 pub mod room;
 pub mod rtc;

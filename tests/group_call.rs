@@ -299,8 +299,9 @@ async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
             "nobody receives themself"
         );
     }
-    // Ninety streams on a small machine: a packet the kernel drops under load is repaired by
-    // NACK and arrives late, so this checks completeness rather than arrival order.
+    // Ninety streams on a small machine: a video packet the kernel drops under load is repaired
+    // by NACK and arrives late, so this checks completeness rather than arrival order (and
+    // tolerates a rare lost audio packet, which nothing repairs).
     stop_and_verify_complete(&clients, &ids).await;
     for c in clients {
         c.leave();
@@ -384,7 +385,7 @@ async fn lost_video_is_retransmitted_on_both_legs() {
             .into_values()
             .next()
             .expect("one video track");
-        let late = verify_complete(&receiver.name, &t, publisher.tag, sent);
+        let late = verify_complete(&receiver.name, &t, publisher.tag, sent, 0);
         eprintln!(
             "{} ← {}: complete, {late} packets retransmitted",
             receiver.name, publisher.name

@@ -1,6 +1,30 @@
-//! A headless participant: a webrtc-rs peer connection on its own loopback UDP socket, driven
-//! by the documented signalling protocol over a real WebSocket. It answers every offer, trickles
-//! candidates, publishes synthetic audio/video and records every packet it receives.
+//! A headless participant, for the load tool and the tests: a webrtc-rs peer connection on its
+//! own loopback UDP socket, driven by the documented signalling protocol over a real WebSocket.
+//! It answers every offer, trickles candidates, publishes synthetic audio/video (payloads that
+//! carry a counter and their send time, see [`media`]) and records every packet it receives.
+//!
+//! This is client code: it lives beside the server's webrtc-rs adapter, not in it, and the
+//! server never uses it. The `wait_*` helpers panic when their bound passes, as tests want.
+
+pub mod media;
+pub mod net;
+
+/// Waits until `condition` holds, polling, or panics after `timeout` naming what it waited for.
+pub async fn wait_for<F>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> bool,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,8 +58,7 @@ use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-use super::media::{self, Parsed};
-use super::wait_for;
+use media::Parsed;
 
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -52,6 +75,10 @@ pub struct ClientOptions {
     pub honour_pli: bool,
     /// Answer offers as they come; when false, [`Client::answer_offer`] does it by hand.
     pub auto_answer: bool,
+    /// Shape video like an encoder at this bitrate (bits/s): frames of `bitrate / fps` bytes on
+    /// average, keyframes six times a delta frame, cut into packets of at most 1100 bytes.
+    /// Overrides `key_packets`, `delta_packets` and `video_packet_size`.
+    pub video_bitrate: Option<u32>,
 }
 
 impl Default for ClientOptions {
@@ -67,6 +94,7 @@ impl Default for ClientOptions {
             audio_packet_size: 120,
             honour_pli: true,
             auto_answer: true,
+            video_bitrate: None,
         }
     }
 }
@@ -77,6 +105,8 @@ pub struct RecvPacket {
     pub ts: u32,
     pub parsed: Option<Parsed>,
     pub at: Instant,
+    /// Wall-clock arrival (µs since the Unix epoch), to compare with the send time inside.
+    pub recv_at_us: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -108,12 +138,14 @@ pub struct Shared {
 
 pub struct Client {
     pub name: String,
+    /// When this client started connecting: the origin of its join time.
+    pub connected_at: Instant,
     pub tag: u32,
     pub shared: Arc<Shared>,
     pub pc: Arc<RTCPeerConnection>,
     mux: Arc<UDPMuxDefault>,
     /// This client's network: cut it, or make it lossy.
-    pub net: Arc<super::net::NetworkControl>,
+    pub net: Arc<net::NetworkControl>,
     out: mpsc::UnboundedSender<Message>,
     pub audio: Option<Arc<SentTrack>>,
     pub video: Option<Arc<SentTrack>>,
@@ -145,9 +177,10 @@ impl Client {
 
     /// Connects the WebSocket and prepares the peer connection without joining.
     pub async fn connect(url: &str, name: &str, options: &ClientOptions) -> Client {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let net = Arc::new(super::net::NetworkControl::default());
-        let mux = UDPMuxDefault::new(UDPMuxParams::new(super::net::CuttableSocket::new(
+        let connected_at = Instant::now();
+        let socket = loopback_socket();
+        let net = Arc::new(net::NetworkControl::default());
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(net::CuttableSocket::new(
             socket,
             net.clone(),
         )));
@@ -260,6 +293,7 @@ impl Client {
                         ts: p.header.timestamp,
                         parsed: media::parse(&p.payload, video),
                         at: Instant::now(),
+                        recv_at_us: media::now_us(),
                     };
                     if let Some(t) = s.received.lock().unwrap().get_mut(&id) {
                         t.packets.push(record);
@@ -348,6 +382,7 @@ impl Client {
         let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed) as u32;
         Client {
             name: name.to_owned(),
+            connected_at,
             tag,
             shared,
             pc,
@@ -407,11 +442,11 @@ impl Client {
                             if track.kind() != webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video { continue; }
                             let asked = opts.honour_pli && sent.keyframe_requested.swap(false, Ordering::SeqCst);
                             let key = frame % opts.keyframe_every == 0 || asked;
-                            let n = if key { opts.key_packets } else { opts.delta_packets };
+                            let (n, size) = frame_shape(&opts, key);
                             let ts = (frame as u32).wrapping_mul(90_000 / opts.video_fps);
                             for i in 0..n {
                                 let counter = sent.counter.fetch_add(1, Ordering::SeqCst);
-                                let payload = media::video_payload(tag, counter, i == 0, key, opts.video_packet_size);
+                                let payload = media::video_payload(tag, counter, i == 0, key, size);
                                 write(track, video_seq, ts, i + 1 == n, payload).await;
                                 video_seq = video_seq.wrapping_add(1);
                             }
@@ -551,6 +586,39 @@ impl Client {
         }
         let _ = self.mux.close().await;
     }
+}
+
+/// A UDP socket on 127.0.0.1 with a large receive buffer (as large as the kernel allows): a
+/// client receiving dozens of streams must not lose packets in its own socket queue.
+fn loopback_socket() -> tokio::net::UdpSocket {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("a UDP socket");
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.set_nonblocking(true).expect("nonblocking");
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    socket.bind(&addr.into()).expect("bind 127.0.0.1:0");
+    tokio::net::UdpSocket::from_std(socket.into()).expect("inside a Tokio runtime")
+}
+
+/// How many packets of which payload size one video frame takes.
+fn frame_shape(opts: &ClientOptions, key: bool) -> (usize, usize) {
+    const MAX_PAYLOAD: usize = 1100;
+    let Some(bitrate) = opts.video_bitrate else {
+        let n = if key {
+            opts.key_packets
+        } else {
+            opts.delta_packets
+        };
+        return (n, opts.video_packet_size);
+    };
+    // Over one keyframe interval of k frames: (k - 1) deltas of d bytes and one key of 6d
+    // average to bitrate / 8 / fps bytes a frame.
+    let k = opts.keyframe_every.max(1) as f64;
+    let average = bitrate as f64 / 8.0 / opts.video_fps.max(1) as f64;
+    let delta = average * k / (k + 5.0);
+    let bytes = if key { delta * 6.0 } else { delta } as usize;
+    let n = bytes.div_ceil(MAX_PAYLOAD).max(1);
+    (n, (bytes / n).max(64))
 }
 
 /// Applies an offer message and creates and applies the answer; returns the answer's SDP.

@@ -14,19 +14,42 @@ pub struct NetworkControl {
     /// Drop every Nth inbound / outbound video RTP packet (0: none).
     pub drop_in_every: AtomicU64,
     pub drop_out_every: AtomicU64,
+    /// Drop every Nth inbound audio RTP packet (0: none); audio is not retransmitted.
+    pub drop_in_audio_every: AtomicU64,
     pub dropped_in: AtomicU64,
     pub dropped_out: AtomicU64,
     seen_in: AtomicU64,
     seen_out: AtomicU64,
+    seen_audio_in: AtomicU64,
 }
 
 /// SRTP keeps the RTP header in the clear: version 2, and a second byte that is not an RTCP
 /// packet type. Video packets are told from audio by size.
+fn is_rtp(buf: &[u8]) -> bool {
+    buf.len() >= 12 && buf[0] >> 6 == 2 && !(192..=223).contains(&buf[1])
+}
+
 fn is_video_rtp(buf: &[u8]) -> bool {
-    buf.len() > 300 && buf[0] >> 6 == 2 && !(192..=223).contains(&buf[1])
+    buf.len() > 300 && is_rtp(buf)
+}
+
+fn is_audio_rtp(buf: &[u8]) -> bool {
+    buf.len() <= 300 && is_rtp(buf)
 }
 
 impl NetworkControl {
+    fn lose_audio(&self, buf: &[u8]) -> bool {
+        let n = self.drop_in_audio_every.load(Ordering::Relaxed);
+        if n == 0 || !is_audio_rtp(buf) {
+            return false;
+        }
+        if (self.seen_audio_in.fetch_add(1, Ordering::Relaxed) + 1) % n == 0 {
+            self.dropped_in.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
     fn lose(&self, buf: &[u8], every: &AtomicU64, seen: &AtomicU64, dropped: &AtomicU64) -> bool {
         let n = every.load(Ordering::Relaxed);
         if n == 0 || !is_video_rtp(buf) {
@@ -72,8 +95,10 @@ impl Conn for CuttableSocket {
         loop {
             let got = self.inner.recv_from(buf).await?;
             let n = &self.net;
+            let packet = &buf[..got.0];
             if n.cut.load(Ordering::Relaxed)
-                || n.lose(&buf[..got.0], &n.drop_in_every, &n.seen_in, &n.dropped_in)
+                || n.lose(packet, &n.drop_in_every, &n.seen_in, &n.dropped_in)
+                || n.lose_audio(packet)
             {
                 continue;
             }

@@ -4,12 +4,12 @@
 //! Clients publish synthetic media whose payloads encode (publisher tag, counter), so a receiver
 //! can check every packet is identical to what was sent, in order, with nothing lost.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-pub mod client;
-pub mod media;
-pub mod net;
 pub mod verify;
+
+pub use plaza::client;
+pub use plaza::client::wait_for;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,24 +19,7 @@ use plaza::config::Config;
 use plaza::server::{start, AppState};
 use tokio::sync::oneshot;
 
-pub use client::{Client, ClientOptions};
-
-/// Waits until `condition` holds, polling, or panics after `timeout` naming what it waited for.
-pub async fn wait_for<F>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> bool,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use plaza::client::{Client, ClientOptions};
 
 /// Like [`wait_for`] with an async condition.
 pub async fn wait_for_async<F, Fut>(what: &str, timeout: Duration, mut condition: F)

@@ -58,7 +58,9 @@ pub async fn stop_and_verify(clients: &[Client], ids: &[String]) {
     stop_and_check(clients, ids, true).await
 }
 
-/// Like [`stop_and_verify`], but packets may arrive out of order (retransmissions).
+/// Like [`stop_and_verify`], but packets may arrive out of order (retransmissions), and audio,
+/// which is never retransmitted, may lose up to 1 % of its packets to a loaded kernel; video
+/// must be complete.
 pub async fn stop_and_verify_complete(clients: &[Client], ids: &[String]) {
     stop_and_check(clients, ids, false).await
 }
@@ -92,11 +94,15 @@ async fn stop_and_check(clients: &[Client], ids: &[String], in_order: bool) {
                 c.received().values().all(|t| {
                     let (_, audio, video) = tags[t.stream_id.as_str()];
                     let sent = if t.video { video } else { audio };
-                    t.packets
-                        .last()
-                        .and_then(|p| p.parsed)
-                        .map(|p| p.counter + 1)
-                        == Some(sent)
+                    let highest = t
+                        .packets
+                        .iter()
+                        .filter_map(|p| p.parsed)
+                        .map(|p| p.counter)
+                        .max();
+                    // Audio's very last packet may be among the losses tolerated without order.
+                    let slack = if in_order || t.video { 0 } else { 1 };
+                    highest.is_some_and(|h| h + 1 + slack >= sent)
                 })
             },
         )
@@ -108,7 +114,8 @@ async fn stop_and_check(clients: &[Client], ids: &[String], in_order: bool) {
             if in_order {
                 verify_stream(&c.name, t, tag, sent);
             } else {
-                verify_complete(&c.name, t, tag, sent);
+                let tolerated = if t.video { 0 } else { sent / 100 };
+                verify_complete(&c.name, t, tag, sent, tolerated);
             }
             verified += t.packets.len();
         }
@@ -123,7 +130,13 @@ async fn stop_and_check(clients: &[Client], ids: &[String], in_order: bool) {
 /// Checks that a stream arrived complete and intact, allowing retransmissions to arrive out of
 /// order (as they do after a NACK): sorted by counter, every packet from the first received to
 /// the last sent is there, exactly once after de-duplication.
-pub fn verify_complete(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: u64) -> usize {
+pub fn verify_complete(
+    receiver: &str,
+    t: &RecvTrack,
+    publisher_tag: u32,
+    sent: u64,
+    tolerated_missing: u64,
+) -> usize {
     let what = format!("{receiver} ← track {} of {}", t.track_id, t.stream_id);
     let mut counters: Vec<u64> = t
         .packets
@@ -156,7 +169,7 @@ pub fn verify_complete(receiver: &str, t: &RecvTrack, publisher_tag: u32, sent: 
         .filter(|c| counters.binary_search(c).is_err())
         .collect();
     assert!(
-        missing.is_empty(),
+        missing.len() as u64 <= tolerated_missing,
         "{what}: {} packets never arrived, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(10)]

@@ -1,0 +1,391 @@
+//! The load tool's engine (`plaza-load`): P publishers and S subscribers join one room on a
+//! running Plaza through the real protocol, each its own WebRTC peer; publishers send synthetic
+//! media whose payloads carry a counter and their send time. It measures, over a window:
+//! delivery per subscriber (packets expected vs received), one-way latency, join time (connect
+//! to first packet of each track), and, given the server's pid, its CPU and memory.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::{Client, ClientOptions};
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Signalling URL, e.g. ws://127.0.0.1:8080/ws.
+    pub url: String,
+    pub room: String,
+    pub publishers: usize,
+    pub subscribers: usize,
+    /// How long to measure, after everyone receives everything.
+    pub duration: Duration,
+    pub video_bitrate: u32,
+    pub video_fps: u32,
+    pub audio: bool,
+    /// The server's pid, to measure its CPU and memory.
+    pub server_pid: Option<u32>,
+    /// Fault injection to check the accounting: the first subscriber drops every Nth audio
+    /// packet it receives (audio has no retransmission, so each is a real loss).
+    pub drop_audio_every: u64,
+    /// Print a line a second while measuring.
+    pub live: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberReport {
+    pub name: String,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub delivery_percent: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub duration_seconds: f64,
+    pub video_bitrate: u32,
+    pub video_fps: u32,
+    pub audio: bool,
+    pub packets_expected: u64,
+    pub packets_received: u64,
+    pub delivery_percent: f64,
+    pub per_subscriber: Vec<SubscriberReport>,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_p99: f64,
+    pub join_ms_p50: f64,
+    pub join_ms_p95: f64,
+    pub forwarded_packets_per_second: f64,
+    pub server_cpu_percent: Option<f64>,
+    pub server_cpu_us_per_forwarded_packet: Option<f64>,
+    pub server_rss_mb_before: Option<f64>,
+    pub server_rss_mb_after: Option<f64>,
+    pub packets_dropped_deliberately: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the room was not fully connected after {0:?}: {1}")]
+    Setup(Duration, String),
+}
+
+/// CPU seconds (user + system) and resident memory of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+struct ProcSample {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    at: Instant,
+}
+
+fn sample_process(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = clock_ticks_per_second();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(ProcSample {
+        cpu_seconds: (utime + stime) / ticks,
+        rss_bytes: rss_kb * 1024,
+        at: Instant::now(),
+    })
+}
+
+/// USER_HZ: 100 on every Linux architecture Plaza targets (it is fixed by the kernel ABI).
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// Runs one bounded load test and returns its report.
+pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
+    let video_options = ClientOptions {
+        audio: config.audio,
+        video: true,
+        video_fps: config.video_fps,
+        video_bitrate: Some(config.video_bitrate),
+        keyframe_every: 2 * config.video_fps as u64,
+        ..ClientOptions::default()
+    };
+    let listen_only = ClientOptions {
+        audio: false,
+        video: false,
+        ..ClientOptions::default()
+    };
+    let publishers = futures::future::join_all((0..config.publishers).map(|i| {
+        let (url, room, o) = (
+            config.url.clone(),
+            config.room.clone(),
+            video_options.clone(),
+        );
+        async move { Client::join(&url, &room, &format!("pub{i}"), o).await }
+    }))
+    .await;
+    // Subscribers join a room whose media already flows, as people joining a call do: their
+    // join time is then the server's, not the publishers' own setup.
+    let setup_limit = Duration::from_secs(60);
+    let setup_started = Instant::now();
+    while !publishers.iter().all(|p| p.sent_counter(true) > 0) {
+        if setup_started.elapsed() > setup_limit {
+            return Err(LoadError::Setup(
+                setup_limit,
+                "publishers never started sending".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let subscribers = futures::future::join_all((0..config.subscribers).map(|i| {
+        let (url, room, o) = (config.url.clone(), config.room.clone(), listen_only.clone());
+        async move { Client::join(&url, &room, &format!("sub{i}"), o).await }
+    }))
+    .await;
+
+    // Everyone receives every publisher's tracks: that is when the measuring window opens.
+    let tracks_each = config.publishers * if config.audio { 2 } else { 1 };
+    loop {
+        let ready = subscribers
+            .iter()
+            .all(|s| s.flowing_tracks(1) == tracks_each);
+        if ready {
+            break;
+        }
+        if setup_started.elapsed() > setup_limit {
+            let counts: Vec<usize> = subscribers.iter().map(|s| s.flowing_tracks(1)).collect();
+            return Err(LoadError::Setup(
+                setup_limit,
+                format!("tracks flowing per subscriber {counts:?}, want {tracks_each}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let set_fault = |every: u64| {
+        if let Some(first) = subscribers.first() {
+            first
+                .net
+                .drop_in_audio_every
+                .store(every, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    set_fault(config.drop_audio_every);
+    let sent_at_start: Vec<(u64, u64)> = publishers
+        .iter()
+        .map(|p| (p.sent_counter(false), p.sent_counter(true)))
+        .collect();
+    let proc_before = config.server_pid.and_then(sample_process);
+    let started = Instant::now();
+    let mut last_line = started;
+    while started.elapsed() < config.duration {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if config.live && last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            let received: usize = subscribers
+                .iter()
+                .map(|s| {
+                    s.received()
+                        .values()
+                        .map(|t| t.packets.len())
+                        .sum::<usize>()
+                })
+                .sum();
+            let cpu = match (proc_before, config.server_pid.and_then(sample_process)) {
+                (Some(a), Some(b)) => format!(
+                    ", server CPU {:.0}%",
+                    (b.cpu_seconds - a.cpu_seconds) / b.at.duration_since(a.at).as_secs_f64()
+                        * 100.0
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "t={:>4.1}s  packets received so far {received}{cpu}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let proc_after = config.server_pid.and_then(sample_process);
+    let window = started.elapsed();
+    let sent_at_end: Vec<(u64, u64)> = publishers
+        .iter()
+        .map(|p| (p.sent_counter(false), p.sent_counter(true)))
+        .collect();
+    set_fault(0);
+    for p in &publishers {
+        p.stop_media();
+    }
+    // Let what was sent in the window arrive (or be retransmitted) before counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Which publisher is which participant, to find its tracks at the subscribers.
+    let mut publisher_ids = HashMap::new();
+    for (i, p) in publishers.iter().enumerate() {
+        publisher_ids.insert(p.participant_id().await, i);
+    }
+    let mut per_subscriber = Vec::new();
+    let mut latencies = Vec::new();
+    let mut joins = Vec::new();
+    let (mut total_expected, mut total_received) = (0u64, 0u64);
+    for s in &subscribers {
+        let (mut expected, mut received) = (0u64, 0u64);
+        for t in s.received().values() {
+            let Some(&pi) = publisher_ids.get(&t.stream_id) else {
+                continue;
+            };
+            let (lo, hi) = if t.video {
+                (sent_at_start[pi].1, sent_at_end[pi].1)
+            } else {
+                (sent_at_start[pi].0, sent_at_end[pi].0)
+            };
+            expected += hi - lo;
+            let mut counters: Vec<u64> = t
+                .packets
+                .iter()
+                .filter_map(|p| p.parsed.filter(|x| x.intact && x.tag == publishers[pi].tag))
+                .map(|x| x.counter)
+                .filter(|c| (lo..hi).contains(c))
+                .collect();
+            counters.sort_unstable();
+            counters.dedup();
+            received += counters.len() as u64;
+            for p in &t.packets {
+                if let Some(x) = p.parsed.filter(|x| (lo..hi).contains(&x.counter)) {
+                    latencies.push((p.recv_at_us as f64 - x.sent_at_us as f64) / 1000.0);
+                }
+            }
+            if let Some(first) = t.packets.first() {
+                joins.push(first.at.duration_since(s.connected_at).as_secs_f64() * 1000.0);
+            }
+        }
+        total_expected += expected;
+        total_received += received;
+        per_subscriber.push(SubscriberReport {
+            name: s.name.clone(),
+            expected,
+            received,
+            lost: expected.saturating_sub(received),
+            delivery_percent: 100.0 * received as f64 / expected.max(1) as f64,
+        });
+    }
+    latencies.sort_by(f64::total_cmp);
+    joins.sort_by(f64::total_cmp);
+    let dropped = subscribers
+        .first()
+        .map(|s| s.net.dropped_in.load(std::sync::atomic::Ordering::SeqCst))
+        .unwrap_or(0);
+    let forwarded_per_second = total_received as f64 / window.as_secs_f64();
+    let (cpu_percent, cpu_per_packet) = match (proc_before, proc_after) {
+        (Some(a), Some(b)) => {
+            let cpu = b.cpu_seconds - a.cpu_seconds;
+            let wall = b.at.duration_since(a.at).as_secs_f64();
+            (
+                Some(cpu / wall * 100.0),
+                Some(cpu * 1e6 / total_received.max(1) as f64),
+            )
+        }
+        _ => (None, None),
+    };
+    let report = LoadReport {
+        publishers: config.publishers,
+        subscribers: config.subscribers,
+        duration_seconds: window.as_secs_f64(),
+        video_bitrate: config.video_bitrate,
+        video_fps: config.video_fps,
+        audio: config.audio,
+        packets_expected: total_expected,
+        packets_received: total_received,
+        delivery_percent: 100.0 * total_received as f64 / total_expected.max(1) as f64,
+        per_subscriber,
+        latency_ms_p50: percentile(&latencies, 0.50),
+        latency_ms_p95: percentile(&latencies, 0.95),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        join_ms_p50: percentile(&joins, 0.50),
+        join_ms_p95: percentile(&joins, 0.95),
+        forwarded_packets_per_second: forwarded_per_second,
+        server_cpu_percent: cpu_percent,
+        server_cpu_us_per_forwarded_packet: cpu_per_packet,
+        server_rss_mb_before: proc_before.map(|p| p.rss_bytes as f64 / 1e6),
+        server_rss_mb_after: proc_after.map(|p| p.rss_bytes as f64 / 1e6),
+        packets_dropped_deliberately: dropped,
+    };
+    for c in publishers.into_iter().chain(subscribers) {
+        c.leave();
+        c.close().await;
+    }
+    Ok(report)
+}
+
+impl LoadReport {
+    /// A human-readable summary table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map(|v| format!("{v:.1} {unit}"))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        let mut out = String::new();
+        out.push_str(&format!(
+            "plaza-load: {} publishers x {} subscribers, {:.0} s, video {} kbit/s @ {} fps{}\n",
+            self.publishers,
+            self.subscribers,
+            self.duration_seconds,
+            self.video_bitrate / 1000,
+            self.video_fps,
+            if self.audio {
+                " + Opus-sized audio"
+            } else {
+                ""
+            }
+        ));
+        out.push_str(&format!(
+            "  delivery            {:.3} % ({} of {} packets)\n",
+            self.delivery_percent, self.packets_received, self.packets_expected
+        ));
+        out.push_str(&format!(
+            "  latency p50/95/99   {:.2} / {:.2} / {:.2} ms\n",
+            self.latency_ms_p50, self.latency_ms_p95, self.latency_ms_p99
+        ));
+        out.push_str(&format!(
+            "  join p50/95         {:.0} / {:.0} ms (connect to first packet of each track)\n",
+            self.join_ms_p50, self.join_ms_p95
+        ));
+        out.push_str(&format!(
+            "  forwarded           {:.0} packets/s\n",
+            self.forwarded_packets_per_second
+        ));
+        out.push_str(&format!(
+            "  server CPU          {} ({} per forwarded packet)\n",
+            opt(self.server_cpu_percent, "%"),
+            opt(self.server_cpu_us_per_forwarded_packet, "us")
+        ));
+        out.push_str(&format!(
+            "  server RSS          {} before, {} after\n",
+            opt(self.server_rss_mb_before, "MB"),
+            opt(self.server_rss_mb_after, "MB")
+        ));
+        out.push_str("  subscriber   expected   received   lost   delivery\n");
+        for s in &self.per_subscriber {
+            out.push_str(&format!(
+                "  {:<10} {:>9} {:>10} {:>6}   {:.3} %\n",
+                s.name, s.expected, s.received, s.lost, s.delivery_percent
+            ));
+        }
+        out
+    }
+}
