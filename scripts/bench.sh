@@ -11,10 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${PLAZA_BENCH_IN_NETNS:-}" ] && unshare -n true 2>/dev/null; then
+if [ -z "${BENCH_IN_NETNS:-}" ] && unshare -n true 2>/dev/null; then
   cargo build --release --locked --bins
   cargo bench --locked --no-run >/dev/null 2>&1 || true
-  export PLAZA_BENCH_IN_NETNS=1
+  export BENCH_IN_NETNS=1
   exec unshare -n sh -c 'ip link set lo up && exec "$@"' sh "$0" "$@"
 fi
 cargo build --release --locked --bins --offline
