@@ -198,15 +198,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if config.live && last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
-            let received: usize = subscribers
-                .iter()
-                .map(|s| {
-                    s.received()
-                        .values()
-                        .map(|t| t.packets.len())
-                        .sum::<usize>()
-                })
-                .sum();
+            let received: u64 = subscribers.iter().map(|s| s.received_count()).sum();
             let cpu = match (proc_before, config.server_pid.and_then(sample_process)) {
                 (Some(a), Some(b)) => format!(
                     ", server CPU {:.0}%",
@@ -231,8 +223,18 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     for p in &publishers {
         p.stop_media();
     }
-    // Let what was sent in the window arrive (or be retransmitted) before counting.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Drain: let what was sent in the window arrive (or be retransmitted) before counting,
+    // until nothing has arrived for 300 ms (5 s at most).
+    let drain_limit = Instant::now() + Duration::from_secs(5);
+    let mut last_total = u64::MAX;
+    loop {
+        let total: u64 = subscribers.iter().map(|s| s.received_count()).sum();
+        if total == last_total || Instant::now() > drain_limit {
+            break;
+        }
+        last_total = total;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 
     // Which publisher is which participant, to find its tracks at the subscribers.
     let mut publisher_ids = HashMap::new();

@@ -129,6 +129,8 @@ pub struct SentTrack {
 pub struct Shared {
     /// Set by the media task when it has returned after a stop.
     pub media_stopped: AtomicBool,
+    /// Packets received on all tracks, readable without taking the recording's lock.
+    pub received_count: AtomicU64,
     pub messages: Mutex<Vec<Value>>,
     pub received: Mutex<HashMap<String, RecvTrack>>,
     pub connected: AtomicBool,
@@ -298,6 +300,7 @@ impl Client {
                     if let Some(t) = s.received.lock().unwrap().get_mut(&id) {
                         t.packets.push(record);
                     }
+                    s.received_count.fetch_add(1, Ordering::Relaxed);
                 }
             });
             Box::pin(async {})
@@ -330,6 +333,20 @@ impl Client {
             .await
             .expect("websocket connects");
         let (mut ws_tx, mut ws_rx) = ws.split();
+        // Keepalive, as the protocol asks: the server closes a silent session after
+        // timeouts.session_idle_ms (30 s by default).
+        let o = out.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let ping = json!({"type": "ping"}).to_string();
+                if o.send(Message::Text(ping.into())).is_err() {
+                    break;
+                }
+            }
+        }));
         tasks.push(tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
                 if ws_tx.send(m).await.is_err() {
@@ -528,7 +545,13 @@ impl Client {
         joined["participant_id"].as_str().unwrap().to_owned()
     }
 
-    /// Remote tracks received so far (a snapshot).
+    /// Packets received so far on all tracks (cheap: no copy, no lock).
+    pub fn received_count(&self) -> u64 {
+        self.shared.received_count.load(Ordering::Relaxed)
+    }
+
+    /// Remote tracks received so far: a copy of everything recorded, so it is not for hot
+    /// loops (while it copies, the tracks' readers wait for the lock).
     pub fn received(&self) -> HashMap<String, RecvTrack> {
         self.shared.received.lock().unwrap().clone()
     }
