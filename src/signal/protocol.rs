@@ -297,8 +297,9 @@ impl ClientError {
     }
 }
 
-/// Message types a client may send, for telling `unknown-type` from `invalid-message`.
-const CLIENT_TYPES: &[&str] = &[
+/// Message types a client may send, for telling `unknown-type` from `invalid-message` (and the
+/// bounded label values of the messages counter).
+pub const CLIENT_TYPES: &[&str] = &[
     "join",
     "publish",
     "unpublish",

@@ -18,7 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::protocol::{
     parse_client_message, ClientError, ClientMessage, ErrorCode, IceCandidate, LeaveReason,
-    MidBinding, PublishRequest, ServerMessage, TrackInfo, TrackSource, PROTOCOL_VERSION,
+    MidBinding, PublishRequest, ServerMessage, TrackInfo, TrackSource, CLIENT_TYPES,
+    PROTOCOL_VERSION,
 };
 use crate::forward::{MediaKind, ParticipantId, TrackId};
 use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
@@ -911,18 +912,7 @@ fn unknown_track(track: TrackId) -> ClientError {
 
 /// Bounded label values for the messages counter: known types, or "invalid".
 fn label_for(kind: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "join",
-        "publish",
-        "unpublish",
-        "mute",
-        "answer",
-        "candidate",
-        "chat",
-        "ping",
-        "leave",
-    ];
-    KNOWN
+    CLIENT_TYPES
         .iter()
         .find(|k| **k == kind)
         .copied()
