@@ -212,10 +212,7 @@ async fn bad_input_gets_its_error_and_a_call_in_progress_is_unaffected() {
     }
     let clients = [ann, bob];
     stop_and_verify(&clients, &ids).await;
-    for c in clients {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all(clients).await;
     x.close().await;
     server.assert_drained().await;
 }
@@ -242,9 +239,6 @@ async fn room_and_server_limits_are_enforced_with_their_codes() {
         .await;
     c.send(json!({"type": "join", "version": 1, "room": "small", "name": "C"}));
     c.wait_message("joined", T, |m| m["type"] == "joined").await;
-    for client in [a, b, c] {
-        client.leave();
-        client.close().await;
-    }
+    common::leave_all([a, b, c]).await;
     server.assert_drained().await;
 }

@@ -25,10 +25,7 @@ async fn two_party_call(server: &TestServer, room: &str) -> (Client, Client) {
 }
 
 async fn hang_up(server: TestServer, clients: (Client, Client)) {
-    for c in [clients.0, clients.1] {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all([clients.0, clients.1]).await;
     server.assert_drained().await;
 }
 

@@ -26,8 +26,5 @@ async fn a_call_through_an_external_server() {
     }
     let clients = [ann, bob];
     stop_and_verify(&clients, &ids).await;
-    for c in clients {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all(clients).await;
 }

@@ -51,10 +51,7 @@ async fn three_participants_each_receive_the_other_two_intact_in_order() {
     .await;
     stop_and_verify(&clients, &ids).await;
 
-    for c in clients {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all(clients).await;
     server.assert_drained().await;
 }
 
@@ -129,10 +126,7 @@ async fn a_late_joiner_gets_a_keyframe_first_within_one_second() {
         "each publisher was asked for a keyframe"
     );
 
-    for c in clients.into_iter().chain([dee]) {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all(clients.into_iter().chain([dee])).await;
     server.assert_drained().await;
 }
 
@@ -303,10 +297,7 @@ async fn ten_participants_joining_at_once_all_receive_all_nine_others() {
     // by NACK and arrives late, so this checks completeness rather than arrival order (and
     // tolerates a rare lost audio packet, which nothing repairs).
     stop_and_verify_complete(&clients, &ids).await;
-    for c in clients {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all(clients).await;
     server.assert_drained().await;
 }
 
@@ -398,9 +389,6 @@ async fn lost_video_is_retransmitted_on_both_legs() {
         }
     }
     assert!(server.counter("retransmissions", &["sent"]) >= dropped.1);
-    for c in [ann, bob] {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all([ann, bob]).await;
     server.assert_drained().await;
 }

@@ -147,10 +147,7 @@ async fn metrics_follow_a_real_call() {
     bob.send(serde_json::json!({"type": "dance"}));
     bob.wait_error(0, Duration::from_secs(5)).await;
 
-    for c in [ann, bob] {
-        c.leave();
-        c.close().await;
-    }
+    common::leave_all([ann, bob]).await;
     server.assert_drained().await;
     let after = scrape(&server).await;
     for gauge in [

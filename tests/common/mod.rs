@@ -39,6 +39,14 @@ where
     }
 }
 
+/// Every client leaves and closes its peer connection.
+pub async fn leave_all(clients: impl IntoIterator<Item = Client>) {
+    for c in clients {
+        c.leave();
+        c.close().await;
+    }
+}
+
 pub struct TestServer {
     pub http: SocketAddr,
     pub udp: SocketAddr,
