@@ -21,6 +21,7 @@ use crate::rtc::{CodecSpec, EgressItem};
 use crate::signal::protocol::{
     ClientError, ErrorCode, LeaveReason, MemberInfo, ServerMessage, TrackInfo,
 };
+use prometheus::IntCounter;
 
 /// Commands to a room. Replies, where there are any, come back on a oneshot.
 pub enum RoomCommand {
@@ -135,6 +136,9 @@ pub(super) struct RoomTask {
     pub rooms: Arc<DashMap<String, RoomHandle>>,
 }
 
+/// Indexed by `MediaKind as usize`.
+const KINDS: [MediaKind; 2] = [MediaKind::Audio, MediaKind::Video];
+
 /// Packets handled per wake-up before looking at commands again.
 const MEDIA_BATCH: usize = 64;
 /// A room nobody joined within this time (its creator vanished) closes.
@@ -170,6 +174,16 @@ impl RoomTask {
             router: Router::new(self.router_config.clone()),
             metrics: self.metrics.clone(),
             max_participants: self.max_participants,
+            in_packets: KINDS.map(|k| {
+                self.metrics
+                    .rtp_packets
+                    .with_label_values(&["in", k.as_str()])
+            }),
+            in_bytes: KINDS.map(|k| {
+                self.metrics
+                    .rtp_bytes
+                    .with_label_values(&["in", k.as_str()])
+            }),
         };
         let mut batch = Vec::with_capacity(MEDIA_BATCH);
         let empty_deadline = Instant::now() + EMPTY_ROOM_GRACE;
@@ -231,6 +245,10 @@ struct RoomState {
     router: Router,
     metrics: Metrics,
     max_participants: usize,
+    /// Inbound packet and byte counters by kind (audio, video), resolved once: label lookups
+    /// hash strings, which the packet path should not.
+    in_packets: [IntCounter; 2],
+    in_bytes: [IntCounter; 2],
 }
 
 impl RoomState {
@@ -489,15 +507,9 @@ impl RoomState {
     }
 
     fn handle_media(&mut self, p: IngestPacket, now: Instant) {
-        let kind = p.kind.as_str();
-        self.metrics
-            .rtp_packets
-            .with_label_values(&["in", kind])
-            .inc();
-        self.metrics
-            .rtp_bytes
-            .with_label_values(&["in", kind])
-            .inc_by(p.packet.wire_size() as u64);
+        let k = p.kind as usize;
+        self.in_packets[k].inc();
+        self.in_bytes[k].inc_by(p.packet.wire_size() as u64);
         self.router.handle_rtp(p.track, p.packet, now);
     }
 
