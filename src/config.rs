@@ -88,7 +88,6 @@ pub struct TimeoutsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     pub keyframe_request_interval_ms: u64,
-    pub egress_queue_packets: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,7 +150,6 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             keyframe_request_interval_ms: 500,
-            egress_queue_packets: 1024,
         }
     }
 }
@@ -278,10 +276,6 @@ impl Config {
             ("timeouts.ice_failed_ms", self.timeouts.ice_failed_ms),
             ("timeouts.session_idle_ms", self.timeouts.session_idle_ms),
             ("timeouts.shutdown_ms", self.timeouts.shutdown_ms),
-            (
-                "media.egress_queue_packets",
-                self.media.egress_queue_packets as u64,
-            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -140,19 +140,27 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         async move { Client::join(&url, &room, &format!("pub{i}"), o).await }
     }))
     .await;
-    // Subscribers join a room whose media already flows, as people joining a call do: their
-    // join time is then the server's, not the publishers' own setup.
+    // Subscribers join a room whose media already flows through the server, as people joining
+    // a call do: their join time is then the server's, not the publishers' own setup. A probe
+    // that receives every track once and leaves proves it (a publisher that has sent is not
+    // enough: the server publishes a track when its first packet has arrived and decrypted).
     let setup_limit = Duration::from_secs(60);
     let setup_started = Instant::now();
-    while !publishers.iter().all(|p| p.sent_counter(true) > 0) {
+    let tracks_each = config.publishers * if config.audio { 2 } else { 1 };
+    let probe = Client::join(&config.url, &config.room, "probe", listen_only.clone()).await;
+    while probe.flowing_tracks(1) < tracks_each {
         if setup_started.elapsed() > setup_limit {
             return Err(LoadError::Setup(
                 setup_limit,
-                "publishers never started sending".into(),
+                format!(
+                    "the probe receives {} of the {tracks_each} published tracks",
+                    probe.flowing_tracks(1)
+                ),
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    probe.close().await;
     let subscribers = futures::future::join_all((0..config.subscribers).map(|i| {
         let (url, room, o) = (config.url.clone(), config.room.clone(), listen_only.clone());
         async move { Client::join(&url, &room, &format!("sub{i}"), o).await }
@@ -160,7 +168,6 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     .await;
 
     // Everyone receives every publisher's tracks: that is when the measuring window opens.
-    let tracks_each = config.publishers * if config.audio { 2 } else { 1 };
     loop {
         let ready = subscribers
             .iter()

@@ -8,14 +8,7 @@ use prometheus::{
 };
 
 /// The roles of the tasks Plaza spawns, the `role` label of `plaza_tasks`.
-pub const TASK_ROLES: &[&str] = &[
-    "session",
-    "room",
-    "ingest",
-    "ingest_rtcp",
-    "egress",
-    "egress_rtcp",
-];
+pub const TASK_ROLES: &[&str] = &["session", "room", "ingest", "ingest_rtcp", "egress_rtcp"];
 
 #[derive(Clone)]
 pub struct Metrics {

@@ -5,7 +5,7 @@
 //! One `Router` per room, owned by the room task. A producer is a published track; a consumer is
 //! one subscriber's copy of it. Consumers start `Pending` (their transport is not ready), become
 //! `AwaitingKeyframe` (video) or `Forwarding` (audio) when the subscriber is ready, and fall back
-//! to `AwaitingKeyframe` when their egress queue overflows, so a subscriber never gets a stream it
+//! to `AwaitingKeyframe` when a packet for them could not be sent, so a subscriber never gets a stream it
 //! cannot decode.
 
 pub mod codec;
@@ -35,6 +35,11 @@ impl Default for RouterConfig {
         }
     }
 }
+
+/// The shortest time between two keyframe requests for one track when the first was answered
+/// and a subscriber that became ready since still waits (see
+/// [`Router::next_keyframe_request_at`]).
+const ANSWERED_REQUEST_FLOOR: Duration = Duration::from_millis(100);
 
 /// What the room must do after feeding the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +113,8 @@ struct Producer {
     ssrc: Option<u32>,
     consumers: Vec<Consumer>,
     last_keyframe_request_at: Option<Instant>,
+    /// A keyframe arrived after the last request.
+    keyframe_request_answered: bool,
     /// A request was throttled (or not yet possible) and is still owed.
     keyframe_request_owed: bool,
 }
@@ -154,6 +161,7 @@ impl Router {
                 ssrc: None,
                 consumers: Vec::new(),
                 last_keyframe_request_at: None,
+                keyframe_request_answered: false,
                 keyframe_request_owed: false,
             },
         );
@@ -257,14 +265,9 @@ impl Router {
         Self::request_keyframe(&self.config, &mut self.outputs, track, p, now);
     }
 
-    /// The subscriber's egress queue was full and a packet for it was lost: video must restart
-    /// at the next keyframe, since everything until then would be undecodable.
-    pub fn handle_egress_overflow(
-        &mut self,
-        subscriber: ParticipantId,
-        track: TrackId,
-        now: Instant,
-    ) {
+    /// A packet for this consumer could not be sent: video must restart at the next keyframe,
+    /// since everything until then would be undecodable.
+    pub fn handle_send_failed(&mut self, subscriber: ParticipantId, track: TrackId, now: Instant) {
         let Some(p) = self.producers.get_mut(&track) else {
             return;
         };
@@ -305,6 +308,10 @@ impl Router {
         }
         let mut keyframe: Option<bool> = None;
         let codec = p.codec;
+        if p.last_keyframe_request_at.is_some() && !p.keyframe_request_answered {
+            p.keyframe_request_answered =
+                *keyframe.get_or_insert_with(|| codec.is_keyframe_start(&packet.payload));
+        }
         for c in &mut p.consumers {
             match c.state {
                 ConsumerState::Pending => {
@@ -363,10 +370,7 @@ impl Router {
         self.producers
             .values()
             .filter(|p| p.keyframe_request_owed || p.anyone_awaiting_keyframe())
-            .map(|p| match p.last_keyframe_request_at {
-                Some(at) => at + self.config.keyframe_request_interval,
-                None => Instant::now(),
-            })
+            .map(|p| Self::next_keyframe_request_at(&self.config, p).unwrap_or_else(Instant::now))
             .min()
     }
 
@@ -379,6 +383,24 @@ impl Router {
         self.drops.drain()
     }
 
+    /// When the producer may be asked for a keyframe again (`None`: at once).
+    ///
+    /// At most one request per `keyframe_request_interval`, so that subscribers reporting loss
+    /// cannot make a publisher send nothing but keyframes. One exception keeps joins fast when
+    /// many subscribers become ready one after another (a room filling up): once a keyframe has
+    /// answered the last request, a subscriber that became ready just after it passed would
+    /// otherwise wait out the whole interval, so its request may go out after a short floor.
+    /// That costs at most one extra keyframe per floor, and only while joins keep coming.
+    fn next_keyframe_request_at(config: &RouterConfig, p: &Producer) -> Option<Instant> {
+        let last = p.last_keyframe_request_at?;
+        let wait = if p.keyframe_request_answered && p.anyone_awaiting_keyframe() {
+            config.keyframe_request_interval.min(ANSWERED_REQUEST_FLOOR)
+        } else {
+            config.keyframe_request_interval
+        };
+        Some(last + wait)
+    }
+
     fn request_keyframe(
         config: &RouterConfig,
         outputs: &mut VecDeque<Output>,
@@ -386,9 +408,7 @@ impl Router {
         p: &mut Producer,
         now: Instant,
     ) {
-        let throttled = p
-            .last_keyframe_request_at
-            .is_some_and(|at| now.saturating_duration_since(at) < config.keyframe_request_interval);
+        let throttled = Self::next_keyframe_request_at(config, p).is_some_and(|at| now < at);
         let Some(ssrc) = p.ssrc else {
             // Nothing received yet: ask as soon as we know which stream to ask about.
             p.keyframe_request_owed = true;
@@ -399,6 +419,7 @@ impl Router {
             return;
         }
         p.last_keyframe_request_at = Some(now);
+        p.keyframe_request_answered = false;
         p.keyframe_request_owed = false;
         outputs.push_back(Output::RequestKeyframe {
             publisher: p.publisher,

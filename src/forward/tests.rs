@@ -182,7 +182,7 @@ fn audio_keyframe_requests_are_ignored() {
 }
 
 #[test]
-fn egress_overflow_restarts_video_at_the_next_keyframe_without_a_gap() {
+fn a_failed_send_restarts_video_at_the_next_keyframe_without_a_gap() {
     let now = Instant::now();
     let mut r = router();
     r.add_consumer(SUB_A, VIDEO);
@@ -191,7 +191,7 @@ fn egress_overflow_restarts_video_at_the_next_keyframe_without_a_gap() {
     r.handle_rtp(VIDEO, packet(9, 11, 0, VP8_KEY), now);
     r.handle_rtp(VIDEO, packet(9, 12, 3000, VP8_DELTA), now);
     drain(&mut r);
-    r.handle_egress_overflow(SUB_A, VIDEO, now + Duration::from_secs(1));
+    r.handle_send_failed(SUB_A, VIDEO, now + Duration::from_secs(1));
     r.handle_rtp(VIDEO, packet(9, 13, 6000, VP8_DELTA), now);
     r.handle_rtp(VIDEO, packet(9, 14, 9000, VP8_KEY), now);
     let out = drain(&mut r);
@@ -258,4 +258,47 @@ fn fan_out_to_many_keeps_each_consumer_independent() {
     assert_eq!(rtp_for(&out, subs[0]), vec![(1, 0), (2, 960)]);
     assert_eq!(rtp_for(&out, subs[49]), vec![(2, 960)]);
     assert_eq!(out.len(), 25 + 50);
+}
+
+#[test]
+fn a_subscriber_ready_just_after_an_answered_request_waits_the_short_floor_only() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut r = router();
+    r.handle_rtp(VIDEO, packet(9, 1, 0, VP8_DELTA), t0);
+    r.add_consumer(SUB_A, VIDEO);
+    r.add_consumer(SUB_B, VIDEO);
+    r.handle_consumer_ready(SUB_A, VIDEO, ms(0));
+    assert_eq!(keyframe_requests(&drain(&mut r)), 1);
+    // The keyframe answers; A starts.
+    r.handle_rtp(VIDEO, packet(9, 2, 3000, VP8_KEY), ms(40));
+    assert_eq!(rtp_for(&drain(&mut r), SUB_A).len(), 1);
+    // B becomes ready just after it passed: its request waits for the floor, not 500 ms.
+    r.handle_consumer_ready(SUB_B, VIDEO, ms(60));
+    assert_eq!(keyframe_requests(&drain(&mut r)), 0, "within the floor");
+    assert_eq!(r.poll_timeout(), Some(ms(100)));
+    r.handle_timeout(ms(100));
+    assert_eq!(keyframe_requests(&drain(&mut r)), 1, "after the floor");
+    r.handle_rtp(VIDEO, packet(9, 3, 6000, VP8_KEY), ms(140));
+    assert_eq!(rtp_for(&drain(&mut r), SUB_B).len(), 1);
+}
+
+#[test]
+fn loss_reports_keep_the_full_interval_even_after_an_answered_request() {
+    let t0 = Instant::now();
+    let ms = |n| t0 + Duration::from_millis(n);
+    let mut r = router();
+    r.handle_rtp(VIDEO, packet(9, 1, 0, VP8_DELTA), t0);
+    r.add_consumer(SUB_A, VIDEO);
+    r.handle_consumer_ready(SUB_A, VIDEO, ms(0));
+    r.handle_rtp(VIDEO, packet(9, 2, 3000, VP8_KEY), ms(40));
+    assert_eq!(keyframe_requests(&drain(&mut r)), 1);
+    // A forwards now and keeps reporting picture loss: one request per interval.
+    for n in (100..500).step_by(20) {
+        r.handle_keyframe_request(SUB_A, VIDEO, ms(n));
+        r.handle_timeout(ms(n));
+    }
+    assert_eq!(keyframe_requests(&drain(&mut r)), 0);
+    r.handle_timeout(ms(500));
+    assert_eq!(keyframe_requests(&drain(&mut r)), 1);
 }

@@ -12,7 +12,6 @@ use super::room::{JoinAccepted, RoomCommand, RoomHandle, RoomTask, SessionEvent}
 use crate::config::Config;
 use crate::forward::{ParticipantId, RouterConfig};
 use crate::metrics::Metrics;
-use crate::rtc::EgressItem;
 use crate::signal::protocol::{ClientError, ErrorCode};
 
 pub struct Registry {
@@ -68,7 +67,7 @@ impl Registry {
         participant: ParticipantId,
         name: String,
         events: mpsc::UnboundedSender<SessionEvent>,
-        egress: mpsc::Sender<EgressItem>,
+        joined_at: std::time::Instant,
     ) -> Result<(RoomHandle, JoinAccepted), ClientError> {
         loop {
             let handle = self.get_or_create(room)?;
@@ -77,7 +76,7 @@ impl Registry {
                 participant,
                 name: name.clone(),
                 events: events.clone(),
-                egress: egress.clone(),
+                joined_at,
                 reply,
             };
             if handle.commands.send(command).await.is_err() {

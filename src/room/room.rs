@@ -2,9 +2,10 @@
 //! changes the room arrives as a [`RoomCommand`]; media arrives on a separate bounded channel
 //! so that a burst of packets can never delay (or be delayed by) a join or leave.
 //!
-//! Fan-out never waits for a subscriber: each output goes to the subscriber's bounded egress
-//! queue with `try_send`, and a full queue is a counted drop that makes video restart at the
-//! next keyframe.
+//! The room also writes what it fans out onto its subscribers' outgoing tracks (see
+//! [`super::outgoing`] for why there is no queue and task per subscriber). A write that reaches
+//! no transport is a counted drop that makes that subscriber's video restart at the next
+//! keyframe.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,9 +16,10 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 
+use super::outgoing::{EgressCounters, Sent, SubscriberEgress};
 use crate::forward::{MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId};
 use crate::metrics::Metrics;
-use crate::rtc::{CodecSpec, EgressItem};
+use crate::rtc::{CodecSpec, EgressWriter};
 use crate::signal::protocol::{
     ClientError, ErrorCode, LeaveReason, MemberInfo, ServerMessage, TrackInfo,
 };
@@ -29,7 +31,8 @@ pub enum RoomCommand {
         participant: ParticipantId,
         name: String,
         events: mpsc::UnboundedSender<SessionEvent>,
-        egress: mpsc::Sender<EgressItem>,
+        /// When the participant asked to join, for the join-to-first-media histogram.
+        joined_at: Instant,
         reply: oneshot::Sender<Result<JoinAccepted, ClientError>>,
     },
     Leave {
@@ -57,10 +60,17 @@ pub enum RoomCommand {
         to: Option<ParticipantId>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
-    /// The subscriber's connection is up and these outgoing tracks are negotiated and bound.
+    /// The subscriber's connection is up and these outgoing tracks are negotiated and bound:
+    /// forward to them through these writers.
     SubscriptionsReady {
         subscriber: ParticipantId,
-        tracks: Vec<TrackId>,
+        tracks: Vec<(TrackId, EgressWriter)>,
+    },
+    /// The subscriber lost these packets of its copy of `track` (its sequence numbers).
+    Retransmit {
+        subscriber: ParticipantId,
+        track: TrackId,
+        seqs: Vec<u16>,
     },
     KeyframeRequest {
         subscriber: ParticipantId,
@@ -110,7 +120,7 @@ struct Member {
     name: String,
     tracks: Vec<(TrackInfo, CodecSpec)>,
     events: mpsc::UnboundedSender<SessionEvent>,
-    egress: mpsc::Sender<EgressItem>,
+    egress: SubscriberEgress,
 }
 
 impl Member {
@@ -173,6 +183,7 @@ impl RoomTask {
             members: HashMap::new(),
             router: Router::new(self.router_config.clone()),
             metrics: self.metrics.clone(),
+            egress_counters: EgressCounters::new(&self.metrics),
             max_participants: self.max_participants,
             in_packets: KINDS.map(|k| {
                 self.metrics
@@ -193,7 +204,7 @@ impl RoomTask {
                 biased;
                 command = commands.recv() => {
                     let Some(command) = command else { break };
-                    state.handle_command(command);
+                    state.handle_command(command).await;
                     participants.store(state.members.len(), Ordering::Relaxed);
                     if state.members.is_empty() {
                         break;
@@ -215,7 +226,7 @@ impl RoomTask {
                     break;
                 }
             }
-            state.flush();
+            state.flush().await;
         }
         // Leave the registry first so no new join can reach us, then refuse what is queued:
         // a dropped reply tells the joining session to retry on a fresh room.
@@ -244,6 +255,7 @@ struct RoomState {
     members: HashMap<ParticipantId, Member>,
     router: Router,
     metrics: Metrics,
+    egress_counters: EgressCounters,
     max_participants: usize,
     /// Inbound packet and byte counters by kind (audio, video), resolved once: label lookups
     /// hash strings, which the packet path should not.
@@ -252,7 +264,7 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn handle_command(&mut self, command: RoomCommand) {
+    async fn handle_command(&mut self, command: RoomCommand) {
         let producers_before = self.router.producer_count() as i64;
         let consumers_before = self.router.consumer_count() as i64;
         match command {
@@ -260,9 +272,9 @@ impl RoomState {
                 participant,
                 name,
                 events,
-                egress,
+                joined_at,
                 reply,
-            } => self.handle_join(participant, name, events, egress, reply),
+            } => self.handle_join(participant, name, events, joined_at, reply),
             RoomCommand::Leave {
                 participant,
                 reason,
@@ -289,9 +301,25 @@ impl RoomState {
                 let _ = reply.send(self.handle_chat(from, text, to));
             }
             RoomCommand::SubscriptionsReady { subscriber, tracks } => {
+                let Some(member) = self.members.get_mut(&subscriber) else {
+                    return;
+                };
                 let now = Instant::now();
-                for track in tracks {
+                for (track, writer) in tracks {
+                    member.egress.add(track, writer);
                     self.router.handle_consumer_ready(subscriber, track, now);
+                }
+            }
+            RoomCommand::Retransmit {
+                subscriber,
+                track,
+                seqs,
+            } => {
+                if let Some(member) = self.members.get(&subscriber) {
+                    member
+                        .egress
+                        .retransmit(track, &seqs, &self.egress_counters)
+                        .await;
                 }
             }
             RoomCommand::KeyframeRequest { subscriber, track } => {
@@ -312,7 +340,7 @@ impl RoomState {
         participant: ParticipantId,
         name: String,
         events: mpsc::UnboundedSender<SessionEvent>,
-        egress: mpsc::Sender<EgressItem>,
+        joined_at: Instant,
         reply: oneshot::Sender<Result<JoinAccepted, ClientError>>,
     ) {
         if self.members.len() >= self.max_participants {
@@ -343,7 +371,7 @@ impl RoomState {
             name,
             tracks: Vec::new(),
             events,
-            egress,
+            egress: SubscriberEgress::new(joined_at),
         };
         let info = member.info(participant);
         if reply
@@ -374,12 +402,13 @@ impl RoomState {
         self.metrics.participants.dec();
         let tracks = self.router.remove_participant(participant);
         // The notice goes first, so clients know why the renegotiation that follows happens.
-        for m in self.members.values() {
+        for m in self.members.values_mut() {
             m.send(ServerMessage::ParticipantLeft {
                 participant_id: participant,
                 reason,
             });
             for track in &tracks {
+                m.egress.remove(*track);
                 let _ = m.events.send(SessionEvent::Unsubscribe { track: *track });
             }
         }
@@ -438,7 +467,8 @@ impl RoomState {
             }
         }
         for subscriber in self.router.remove_producer(track) {
-            if let Some(m) = self.members.get(&subscriber) {
+            if let Some(m) = self.members.get_mut(&subscriber) {
+                m.egress.remove(track);
                 let _ = m.events.send(SessionEvent::Unsubscribe { track });
             }
         }
@@ -513,9 +543,9 @@ impl RoomState {
         self.router.handle_rtp(p.track, p.packet, now);
     }
 
-    /// Carries out what the router decided.
-    fn flush(&mut self) {
-        let now = Instant::now();
+    /// Carries out what the router decided: writes forwarded packets, relays keyframe
+    /// requests.
+    async fn flush(&mut self) {
         while let Some(output) = self.router.poll_output() {
             match output {
                 Output::Rtp {
@@ -524,24 +554,16 @@ impl RoomState {
                     kind,
                     packet,
                 } => {
-                    let Some(m) = self.members.get(&subscriber) else {
+                    let Some(m) = self.members.get_mut(&subscriber) else {
                         continue;
                     };
-                    let item = EgressItem {
-                        track,
-                        kind,
-                        packet,
-                    };
-                    match m.egress.try_send(item) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            self.metrics
-                                .dropped_packets
-                                .with_label_values(&["egress_full"])
-                                .inc();
-                            self.router.handle_egress_overflow(subscriber, track, now);
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    let sent = m
+                        .egress
+                        .send(track, kind, packet, &self.egress_counters)
+                        .await;
+                    if sent == Sent::Failed {
+                        self.router
+                            .handle_send_failed(subscriber, track, Instant::now());
                     }
                 }
                 Output::RequestKeyframe {

@@ -7,7 +7,6 @@
 //! into RTP on subscribers' tracks (egress). Callbacks hold no strong reference to their peer
 //! connection (a cycle there is webrtc-rs's classic leak); every read loop ends on error.
 
-mod egress;
 mod peer;
 pub mod stun;
 mod telemetry;
@@ -19,7 +18,6 @@ use std::time::Duration;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 
-pub use egress::{spawn_egress, EgressControl, EgressItem};
 pub use peer::{
     CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot, IncomingTrack, OutgoingTrack,
     Peer, PeerEvent, PeerState,

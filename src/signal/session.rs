@@ -24,8 +24,7 @@ use super::protocol::{
 use crate::forward::{MediaKind, ParticipantId, TrackId};
 use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
 use crate::rtc::{
-    spawn_egress, EgressControl, Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer,
-    PeerEvent, PeerState,
+    Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
 };
 use crate::server::AppState;
 
@@ -148,7 +147,6 @@ struct Joined {
     peer: Peer,
     room_events: mpsc::UnboundedReceiver<SessionEvent>,
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
-    egress: mpsc::UnboundedSender<EgressControl>,
     publications: HashMap<TrackId, Publication>,
     subscriptions: HashMap<TrackId, Subscribed>,
     negotiation: Negotiation,
@@ -510,11 +508,10 @@ impl Session {
             ClientError::new(ErrorCode::Internal, "the server could not set up media")
         })?;
         let (events_tx, room_events) = mpsc::unbounded_channel();
-        let (egress_tx, egress_rx) = mpsc::channel(self.state.config.media.egress_queue_packets);
         let joined = self
             .state
             .registry
-            .join(&room, id, name.clone(), events_tx, egress_tx)
+            .join(&room, id, name.clone(), events_tx, joined_at)
             .await;
         let (handle, accepted) = match joined {
             Ok(ok) => ok,
@@ -523,21 +520,12 @@ impl Session {
                 return Err(e);
             }
         };
-        let (egress_control, control_rx) = mpsc::unbounded_channel();
-        spawn_egress(
-            egress_rx,
-            control_rx,
-            &self.state.metrics,
-            joined_at,
-            self.state.metrics.task("egress"),
-        );
         let mut j = Joined {
             id,
             room: handle,
             peer,
             room_events,
             peer_events,
-            egress: egress_control,
             publications: HashMap::new(),
             subscriptions: HashMap::new(),
             negotiation: Negotiation::Stable { dirty: false },
@@ -573,7 +561,6 @@ impl Session {
             SessionEvent::Subscribe(s) => j.subscribe(s, &self.state).await,
             SessionEvent::Unsubscribe { track } => {
                 if let Some(s) = j.subscriptions.remove(&track) {
-                    let _ = j.egress.send(EgressControl::Remove(track));
                     j.peer.remove_outgoing(&s.out).await;
                     j.negotiation.mark_dirty();
                 }
@@ -787,7 +774,6 @@ impl Joined {
         let commands = self.room.commands.clone();
         let subscriber = self.id;
         let metrics = state.metrics.clone();
-        let egress = self.egress.clone();
         let feedback = move |f: Feedback| {
             let label = match f {
                 Feedback::Pli => "pli",
@@ -797,7 +783,12 @@ impl Joined {
                         .nacks_received
                         .with_label_values(&["subscriber"])
                         .inc();
-                    let _ = egress.send(EgressControl::Retransmit(track, seqs));
+                    // Dropped when the room is busy: the subscriber asks again.
+                    let _ = commands.try_send(RoomCommand::Retransmit {
+                        subscriber,
+                        track,
+                        seqs,
+                    });
                     return;
                 }
             };
@@ -821,7 +812,6 @@ impl Joined {
             .await;
         match added {
             Ok(out) => {
-                let _ = self.egress.send(EgressControl::Add(track, out.writer()));
                 self.subscriptions.insert(
                     track,
                     Subscribed {
@@ -847,7 +837,7 @@ impl Joined {
         for (track, s) in self.subscriptions.iter_mut() {
             if s.negotiated && !s.reported_ready {
                 s.reported_ready = true;
-                ready.push(*track);
+                ready.push((*track, s.out.writer()));
             }
         }
         if !ready.is_empty() {
