@@ -166,7 +166,10 @@ impl RoomTask {
         };
         let span = tracing::info_span!("room", room = %self.name);
         let participants = handle.participants.clone();
-        tokio::spawn(self.run(commands, media, participants).instrument(span));
+        tokio::spawn(
+            crate::rtc::with_send_batching(self.run(commands, media, participants))
+                .instrument(span),
+        );
         handle
     }
 
@@ -227,6 +230,8 @@ impl RoomTask {
                 }
             }
             state.flush().await;
+            // What this wake-up wrote to subscribers leaves now, batched.
+            crate::rtc::flush_sends().await;
         }
         // Leave the registry first so no new join can reach us, then refuse what is queued:
         // a dropped reply tells the joining session to retry on a fresh room.

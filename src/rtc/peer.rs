@@ -26,10 +26,10 @@ use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
-use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
+use super::track::ForwardedTrack;
 use super::{RtcEngine, RtcError};
 use crate::forward::{MediaKind, RtpPacket};
 use crate::metrics::{Metrics, TaskGuard};
@@ -157,7 +157,7 @@ impl IncomingSlot {
 /// One subscriber's copy of a published track, sent on this peer connection.
 #[derive(Clone)]
 pub struct OutgoingTrack {
-    track: Arc<TrackLocalStaticRTP>,
+    track: Arc<ForwardedTrack>,
     sender: Arc<RTCRtpSender>,
     transceiver: Arc<RTCRtpTransceiver>,
 }
@@ -174,11 +174,11 @@ impl OutgoingTrack {
     }
 }
 
-/// Writes our packets onto one outgoing track; webrtc-rs sets the subscriber's SSRC and
-/// payload type, then the interceptors (NACK buffer, sender reports) and SRTP take over.
+/// Writes our packets onto one outgoing track, with the subscriber's SSRC and payload type;
+/// then the interceptors (sender reports, statistics) and SRTP take over.
 #[derive(Clone)]
 pub struct EgressWriter {
-    track: Arc<TrackLocalStaticRTP>,
+    track: Arc<ForwardedTrack>,
 }
 
 impl EgressWriter {
@@ -191,21 +191,7 @@ impl EgressWriter {
 
     /// Returns the bytes written, 0 when the track is not bound (yet or any more).
     pub async fn write(&self, packet: &RtpPacket) -> usize {
-        let rtp = webrtc::rtp::packet::Packet {
-            header: webrtc::rtp::header::Header {
-                version: 2,
-                marker: packet.marker,
-                payload_type: packet.payload_type,
-                sequence_number: packet.sequence_number,
-                timestamp: packet.timestamp,
-                ssrc: packet.ssrc,
-                ..Default::default()
-            },
-            payload: packet.payload.clone(),
-        };
-        // A closed binding (the subscriber left mid-write) is not an error worth reporting:
-        // forwarding to the other bindings goes on regardless.
-        self.track.write_rtp(&rtp).await.unwrap_or(0)
+        self.track.write(packet).await
     }
 }
 
@@ -441,7 +427,7 @@ impl Peer {
                 })
                 .collect(),
         };
-        let track = Arc::new(TrackLocalStaticRTP::new(capability, track_id, stream_id));
+        let track = Arc::new(ForwardedTrack::new(capability, track_id, stream_id));
         debug_assert_eq!(codec_type(kind), track.kind());
         let transceiver = self
             .pc
