@@ -26,7 +26,8 @@ for size in sizes:
         f"{r['forwarded_packets_per_second']:.0f} | {r['server_cpu_percent']:.0f} % | "
         f"{r['server_cpu_us_per_forwarded_packet']:.1f} µs | "
         f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p95']:.2f} / {r['latency_ms_p99']:.2f} ms | "
-        f"{r['join_ms_p50']:.0f} / {r['join_ms_p95']:.0f} ms | "
+        f"{r['join_ms_p50']:.0f} / {r['join_ms_p95']:.0f} ms"
+        + (f" (video {r['join_video_ms_p95']:.0f})" if "join_video_ms_p95" in r else "") + " | "
         f"{r['server_rss_mb_after']:.0f} MB | {per_participant:.2f} MB |")
 fanout = []
 try:

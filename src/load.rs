@@ -58,6 +58,9 @@ pub struct LoadReport {
     pub latency_ms_p99: f64,
     pub join_ms_p50: f64,
     pub join_ms_p95: f64,
+    /// Connect to the first packet of each video track alone: video waits for a keyframe.
+    pub join_video_ms_p50: f64,
+    pub join_video_ms_p95: f64,
     pub forwarded_packets_per_second: f64,
     pub server_cpu_percent: Option<f64>,
     pub server_cpu_us_per_forwarded_packet: Option<f64>,
@@ -251,6 +254,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let mut per_subscriber = Vec::new();
     let mut latencies = Vec::new();
     let mut joins = Vec::new();
+    let mut video_joins = Vec::new();
     let (mut total_expected, mut total_received) = (0u64, 0u64);
     for s in &subscribers {
         let (mut expected, mut received) = (0u64, 0u64);
@@ -280,7 +284,11 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
                 }
             }
             if let Some(first) = t.packets.first() {
-                joins.push(first.at.duration_since(s.connected_at).as_secs_f64() * 1000.0);
+                let join = first.at.duration_since(s.connected_at).as_secs_f64() * 1000.0;
+                joins.push(join);
+                if t.video {
+                    video_joins.push(join);
+                }
             }
         }
         total_expected += expected;
@@ -295,6 +303,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     latencies.sort_by(f64::total_cmp);
     joins.sort_by(f64::total_cmp);
+    video_joins.sort_by(f64::total_cmp);
     let dropped = subscribers
         .first()
         .map(|s| s.net.dropped_in.load(std::sync::atomic::Ordering::SeqCst))
@@ -327,6 +336,8 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         latency_ms_p99: percentile(&latencies, 0.99),
         join_ms_p50: percentile(&joins, 0.50),
         join_ms_p95: percentile(&joins, 0.95),
+        join_video_ms_p50: percentile(&video_joins, 0.50),
+        join_video_ms_p95: percentile(&video_joins, 0.95),
         forwarded_packets_per_second: forwarded_per_second,
         server_cpu_percent: cpu_percent,
         server_cpu_us_per_forwarded_packet: cpu_per_packet,
@@ -373,6 +384,10 @@ impl LoadReport {
         out.push_str(&format!(
             "  join p50/95         {:.0} / {:.0} ms (connect to first packet of each track)\n",
             self.join_ms_p50, self.join_ms_p95
+        ));
+        out.push_str(&format!(
+            "  video join p50/95   {:.0} / {:.0} ms (connect to first packet of each video track)\n",
+            self.join_video_ms_p50, self.join_video_ms_p95
         ));
         out.push_str(&format!(
             "  forwarded           {:.0} packets/s\n",
