@@ -5,8 +5,8 @@
 //! One `Router` per room, owned by the room task. A producer is a published track; a consumer is
 //! one subscriber's copy of it. Consumers start `Pending` (their transport is not ready), become
 //! `AwaitingKeyframe` (video) or `Forwarding` (audio) when the subscriber is ready, and fall back
-//! to `AwaitingKeyframe` when a packet for them could not be sent, so a subscriber never gets a stream it
-//! cannot decode.
+//! to `AwaitingKeyframe` when the publisher switches to a new source, so a subscriber never gets a
+//! stream it cannot decode. A packet lost on the way out is repaired by NACK, not by a restart.
 
 pub mod codec;
 pub mod history;
@@ -263,24 +263,6 @@ impl Router {
             return;
         }
         Self::request_keyframe(&self.config, &mut self.outputs, track, p, now);
-    }
-
-    /// A packet for this consumer could not be sent: video must restart at the next keyframe,
-    /// since everything until then would be undecodable.
-    pub fn handle_send_failed(&mut self, subscriber: ParticipantId, track: TrackId, now: Instant) {
-        let Some(p) = self.producers.get_mut(&track) else {
-            return;
-        };
-        if p.kind != MediaKind::Video {
-            return;
-        }
-        let Some(c) = p.consumers.iter_mut().find(|c| c.subscriber == subscriber) else {
-            return;
-        };
-        if c.state == ConsumerState::Forwarding {
-            c.state = ConsumerState::AwaitingKeyframe;
-            Self::request_keyframe(&self.config, &mut self.outputs, track, p, now);
-        }
     }
 
     /// One packet from a producer: fan it out to every consumer that can take it.

@@ -182,24 +182,6 @@ fn audio_keyframe_requests_are_ignored() {
 }
 
 #[test]
-fn a_failed_send_restarts_video_at_the_next_keyframe_without_a_gap() {
-    let now = Instant::now();
-    let mut r = router();
-    r.add_consumer(SUB_A, VIDEO);
-    r.handle_rtp(VIDEO, packet(9, 10, 0, VP8_KEY), now);
-    r.handle_consumer_ready(SUB_A, VIDEO, now);
-    r.handle_rtp(VIDEO, packet(9, 11, 0, VP8_KEY), now);
-    r.handle_rtp(VIDEO, packet(9, 12, 3000, VP8_DELTA), now);
-    drain(&mut r);
-    r.handle_send_failed(SUB_A, VIDEO, now + Duration::from_secs(1));
-    r.handle_rtp(VIDEO, packet(9, 13, 6000, VP8_DELTA), now);
-    r.handle_rtp(VIDEO, packet(9, 14, 9000, VP8_KEY), now);
-    let out = drain(&mut r);
-    assert_eq!(keyframe_requests(&out), 1);
-    assert_eq!(rtp_for(&out, SUB_A).first().map(|p| p.0), Some(13));
-}
-
-#[test]
 fn a_new_publisher_ssrc_rebases_and_waits_for_its_keyframe() {
     let t0 = Instant::now();
     let mut r = router();

@@ -25,17 +25,6 @@ use crate::rtc::EgressWriter;
 /// subscriber's copy, so the cost is the ring of packet headers.
 const HISTORY_PACKETS: usize = 256;
 
-/// What a write did, for the room to act on.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Sent {
-    Ok,
-    /// The packet reached no transport: the track is not (or no longer) bound, or the send
-    /// failed. Video must restart at a keyframe.
-    Failed,
-    /// The subscriber has no such outgoing track (already removed).
-    UnknownTrack,
-}
-
 /// Counters and histograms resolved once: label lookups hash strings, which the packet path
 /// should not.
 pub struct EgressCounters {
@@ -93,22 +82,23 @@ impl SubscriberEgress {
         self.tracks.remove(&track);
     }
 
-    /// Writes one forwarded packet onto the subscriber's copy of `track`.
+    /// Writes one forwarded packet onto the subscriber's copy of `track`. A write that reaches
+    /// no transport is counted and otherwise left alone: the packet is kept in the history
+    /// regardless, so the subscriber's NACK for the gap it sees can still be answered.
     pub async fn send(
         &mut self,
         track: TrackId,
         kind: MediaKind,
         packet: RtpPacket,
         counters: &EgressCounters,
-    ) -> Sent {
+    ) {
         let Some(out) = self.tracks.get_mut(&track) else {
             counters.unbound.inc();
-            return Sent::UnknownTrack;
+            return;
         };
         let written = out.writer.write(&packet).await;
-        let sent = if written == 0 {
+        if written == 0 {
             counters.unbound.inc();
-            Sent::Failed
         } else {
             if !self.first_media_sent {
                 self.first_media_sent = true;
@@ -119,12 +109,10 @@ impl SubscriberEgress {
             let k = kind as usize;
             counters.packets[k].inc();
             counters.bytes[k].inc_by(packet.wire_size() as u64);
-            Sent::Ok
-        };
+        }
         if let Some(history) = &mut out.history {
             history.insert(packet);
         }
-        sent
     }
 
     /// The subscriber lost these packets of `track` (by the sequence numbers it saw): sends

@@ -3,9 +3,7 @@
 //! so that a burst of packets can never delay (or be delayed by) a join or leave.
 //!
 //! The room also writes what it fans out onto its subscribers' outgoing tracks (see
-//! [`super::outgoing`] for why there is no queue and task per subscriber). A write that reaches
-//! no transport is a counted drop that makes that subscriber's video restart at the next
-//! keyframe.
+//! [`super::outgoing`] for why there is no queue and task per subscriber).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +14,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 
-use super::outgoing::{EgressCounters, Sent, SubscriberEgress};
+use super::outgoing::{EgressCounters, SubscriberEgress};
 use crate::forward::{MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId};
 use crate::metrics::Metrics;
 use crate::rtc::{CodecSpec, EgressWriter};
@@ -562,14 +560,9 @@ impl RoomState {
                     let Some(m) = self.members.get_mut(&subscriber) else {
                         continue;
                     };
-                    let sent = m
-                        .egress
+                    m.egress
                         .send(track, kind, packet, &self.egress_counters)
                         .await;
-                    if sent == Sent::Failed {
-                        self.router
-                            .handle_send_failed(subscriber, track, Instant::now());
-                    }
                 }
                 Output::RequestKeyframe {
                     publisher, ssrc, ..
