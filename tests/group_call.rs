@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::verify::{stop_and_verify, stop_and_verify_complete};
-use common::{wait_for, Client, ClientOptions, TestServer};
+use common::{wait_for, wait_until, Client, ClientOptions, TestServer};
 
 const SETUP: Duration = Duration::from_secs(15);
 
@@ -350,26 +350,21 @@ async fn lost_video_is_retransmitted_on_both_legs() {
     );
     for (receiver, publisher) in [(&bob, &ann), (&ann, &bob)] {
         let sent = publisher.sent_counter(true);
-        wait_for(
-            &format!(
-                "{} to receive all of {}'s video",
-                receiver.name, publisher.name
-            ),
-            Duration::from_secs(5),
-            || {
-                receiver.received().values().all(|t| {
-                    let mut c: Vec<u64> = t
-                        .packets
-                        .iter()
-                        .filter_map(|p| p.parsed)
-                        .map(|p| p.counter)
-                        .collect();
-                    c.sort_unstable();
-                    c.dedup();
-                    c.last() == Some(&(sent - 1)) && c.len() as u64 == sent - c[0]
-                })
-            },
-        )
+        // Repairs can take a few NACK rounds (a retransmission may be lost too). If they never
+        // complete, verify_complete below names the packets that never arrived.
+        wait_until(Duration::from_secs(10), || {
+            receiver.received().values().all(|t| {
+                let mut c: Vec<u64> = t
+                    .packets
+                    .iter()
+                    .filter_map(|p| p.parsed)
+                    .map(|p| p.counter)
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                c.last() == Some(&(sent - 1)) && c.len() as u64 == sent - c[0]
+            })
+        })
         .await;
         let t = receiver
             .received()

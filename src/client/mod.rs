@@ -10,17 +10,28 @@ pub mod media;
 pub mod net;
 
 /// Waits until `condition` holds, polling, or panics after `timeout` naming what it waited for.
-pub async fn wait_for<F>(what: &str, timeout: Duration, mut condition: F)
+pub async fn wait_for<F>(what: &str, timeout: Duration, condition: F)
+where
+    F: FnMut() -> bool,
+{
+    if !wait_until(timeout, condition).await {
+        panic!("timed out after {timeout:?} waiting for {what}");
+    }
+}
+
+/// Like [`wait_for`], but says whether `condition` came true in time instead of panicking, for
+/// callers that can explain a failure in more detail.
+pub async fn wait_until<F>(timeout: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> bool,
 {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
-            return;
+            return true;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -9,7 +9,7 @@
 pub mod verify;
 
 pub use plaza::client;
-pub use plaza::client::wait_for;
+pub use plaza::client::{wait_for, wait_until};
 
 use std::future::Future;
 use std::net::SocketAddr;
