@@ -58,17 +58,16 @@ struct Outgoing {
 /// One subscriber's outgoing tracks.
 pub struct SubscriberEgress {
     tracks: HashMap<TrackId, Outgoing>,
-    /// When the participant asked to join: join-to-first-media is measured from here.
-    joined_at: Instant,
-    first_media_sent: bool,
+    /// When the participant asked to join, until its first packet is sent: join-to-first-media
+    /// is measured from here.
+    joined_at: Option<Instant>,
 }
 
 impl SubscriberEgress {
     pub fn new(joined_at: Instant) -> Self {
         Self {
             tracks: HashMap::new(),
-            joined_at,
-            first_media_sent: false,
+            joined_at: Some(joined_at),
         }
     }
 
@@ -100,11 +99,10 @@ impl SubscriberEgress {
         if written == 0 {
             counters.unbound.inc();
         } else {
-            if !self.first_media_sent {
-                self.first_media_sent = true;
+            if let Some(joined_at) = self.joined_at.take() {
                 counters
                     .join_to_first_media
-                    .observe(self.joined_at.elapsed().as_secs_f64());
+                    .observe(joined_at.elapsed().as_secs_f64());
             }
             let k = kind as usize;
             counters.packets[k].inc();

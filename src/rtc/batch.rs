@@ -61,7 +61,7 @@ pub async fn with_send_batching<F: Future>(task: F) -> F::Output {
 /// nothing was collected. Send errors are per packet and, as for any UDP send, not reported:
 /// the receiver's NACKs and keyframe requests recover what was lost.
 pub async fn flush() {
-    let Ok(Some((socket, bytes, mut packets))) = SEND_BATCH.try_with(|b| {
+    let Ok(Some((socket, mut bytes, mut packets))) = SEND_BATCH.try_with(|b| {
         let mut b = b.borrow_mut();
         if b.packets.is_empty() {
             return None;
@@ -78,28 +78,22 @@ pub async fn flush() {
     // Each destination's packets together, in their original order (the sort is stable).
     packets.sort_by_key(|p| p.to);
     let mut rest = &packets[..];
-    while let Some(first) = rest.first() {
-        let run = gso_run(rest);
-        let sent = if run > 1 && GSO_WORKS.load(Ordering::Relaxed) {
-            send_segments(&socket, &bytes, &rest[..run]).await
-        } else {
-            Err(io::ErrorKind::Unsupported.into())
-        };
-        if sent.is_err() {
-            // One by one: GSO refused, or a lone packet.
-            for p in &rest[..run] {
+    while !rest.is_empty() {
+        let run = &rest[..gso_run(rest)];
+        let gso = run.len() > 1 && GSO_WORKS.load(Ordering::Relaxed);
+        if !gso || send_segments(&socket, &bytes, run).await.is_err() {
+            // One by one: a lone packet, or GSO refused.
+            for p in run {
                 let _ = send_one(&socket, &bytes[p.start..p.start + p.len], p.to).await;
             }
         }
-        debug_assert!(run >= 1 && first.len > 0);
-        rest = &rest[run..];
+        rest = &rest[run.len()..];
     }
     // Give the buffers back, emptied, so the next batch reuses their capacity.
+    bytes.clear();
+    packets.clear();
     let _ = SEND_BATCH.try_with(|b| {
         let mut b = b.borrow_mut();
-        let (mut bytes, mut packets) = (bytes, packets);
-        bytes.clear();
-        packets.clear();
         b.bytes = bytes;
         b.packets = packets;
     });
