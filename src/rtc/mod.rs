@@ -22,8 +22,8 @@ use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 
 pub use batch::{flush as flush_sends, with_send_batching};
 pub use peer::{
-    CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot, IncomingTrack, OutgoingTrack,
-    Peer, PeerEvent, PeerState,
+    check_remote_candidate, CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot,
+    IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
 };
 
 use crate::config::Config;

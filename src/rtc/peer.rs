@@ -11,7 +11,6 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -526,18 +525,6 @@ impl Peer {
         self.pc.signaling_state() == RTCSignalingState::HaveLocalOffer
     }
 
-    pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        self.pc
-            .add_ice_candidate(RTCIceCandidateInit {
-                candidate: c.candidate,
-                sdp_mid: c.sdp_mid,
-                sdp_mline_index: c.sdp_m_line_index,
-                username_fragment: c.username_fragment,
-            })
-            .await
-            .map_err(|e| RtcError::BadCandidate(e.to_string()))
-    }
-
     /// Asks the publisher for a keyframe on `ssrc` with a PLI.
     pub async fn request_keyframe(&self, ssrc: u32) {
         let pli = PictureLossIndication {
@@ -638,6 +625,23 @@ fn lost_sequence_numbers(nack: &TransportLayerNack) -> Vec<u16> {
         }
     }
     seqs
+}
+
+/// Checks a client's trickled candidate, which is then left unused. Plaza's address is
+/// advertised and reachable, so a client's first connectivity check tells us its address (a
+/// peer-reflexive candidate), which is all ICE-lite servers ever use. Adding the trickled
+/// candidate too slows joins: when it arrives after that first check, webrtc-ice 0.17 holds a
+/// second, never-checked pair for the same address, ranks it above the working one, and waits
+/// a whole check interval (200 ms) before it nominates. Candidates in an answer's SDP arrive
+/// before any check and are used as usual.
+pub fn check_remote_candidate(c: &IceCandidate) -> Result<(), RtcError> {
+    let value = c
+        .candidate
+        .strip_prefix("candidate:")
+        .unwrap_or(&c.candidate);
+    webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
+        .map(|_| ())
+        .map_err(|e| RtcError::BadCandidate(e.to_string()))
 }
 
 /// The interceptors every peer connection gets: NACK generation (we ask publishers to resend),

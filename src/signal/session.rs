@@ -17,9 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::protocol::{
-    parse_client_message, ClientError, ClientMessage, ErrorCode, IceCandidate, LeaveReason,
-    MidBinding, PublishRequest, ServerMessage, TrackInfo, TrackSource, CLIENT_TYPES,
-    PROTOCOL_VERSION,
+    parse_client_message, ClientError, ClientMessage, ErrorCode, LeaveReason, MidBinding,
+    PublishRequest, ServerMessage, TrackInfo, TrackSource, CLIENT_TYPES, PROTOCOL_VERSION,
 };
 use crate::forward::{MediaKind, ParticipantId, TrackId};
 use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
@@ -150,9 +149,6 @@ struct Joined {
     publications: HashMap<TrackId, Publication>,
     subscriptions: HashMap<TrackId, Subscribed>,
     negotiation: Negotiation,
-    /// Set once the first answer is applied: remote candidates can be added from then on.
-    has_remote_description: bool,
-    early_candidates: Vec<IceCandidate>,
     connected: bool,
     disconnected_since: Option<Instant>,
     span: tracing::Span,
@@ -414,14 +410,6 @@ impl Session {
                         s.negotiated = true;
                     }
                 }
-                if !j.has_remote_description {
-                    j.has_remote_description = true;
-                    for c in std::mem::take(&mut j.early_candidates) {
-                        if let Err(e) = j.peer.add_remote_candidate(c).await {
-                            debug!(parent: &j.span, error = %e, "early candidate rejected");
-                        }
-                    }
-                }
                 j.report_ready().await;
             }
             ClientMessage::Candidate { candidate } => {
@@ -431,19 +419,9 @@ impl Session {
                 if c.candidate.is_empty() {
                     return Ok(None);
                 }
-                if !j.has_remote_description {
-                    if j.early_candidates.len() >= 64 {
-                        return Err(ClientError::new(
-                            ErrorCode::InvalidCandidate,
-                            "too many candidates before the first answer",
-                        ));
-                    }
-                    j.early_candidates.push(c);
-                } else {
-                    j.peer.add_remote_candidate(c).await.map_err(|e| {
-                        ClientError::new(ErrorCode::InvalidCandidate, e.to_string())
-                    })?;
-                }
+                // Checked, then left unused: see check_remote_candidate.
+                crate::rtc::check_remote_candidate(&c)
+                    .map_err(|e| ClientError::new(ErrorCode::InvalidCandidate, e.to_string()))?;
             }
             ClientMessage::Chat { text, to } => {
                 let chars = text.chars().count();
@@ -529,8 +507,6 @@ impl Session {
             publications: HashMap::new(),
             subscriptions: HashMap::new(),
             negotiation: Negotiation::Stable { dirty: false },
-            has_remote_description: false,
-            early_candidates: Vec::new(),
             connected: false,
             disconnected_since: None,
             span,
