@@ -142,6 +142,11 @@ async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Respo
     let hard_cap = (state.config.limits.max_message_bytes * 4).max(1 << 20);
     ws.max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        // Signalling messages are small and rare: tungstenite's default 128 KiB read buffer per
+        // connection is most of a participant's memory budget. Larger messages still arrive
+        // (the buffer grows); each message is written out at once, as axum flushes anyway.
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| run_session(socket, state))
 }
 

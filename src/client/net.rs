@@ -16,6 +16,9 @@ pub struct NetworkControl {
     pub drop_out_every: AtomicU64,
     /// Drop every Nth inbound audio RTP packet (0: none); audio is not retransmitted.
     pub drop_in_audio_every: AtomicU64,
+    /// Drop this many of the next outbound STUN binding requests (our ICE checks), as a
+    /// firewall that lets the server reach us first would.
+    pub drop_out_checks: AtomicU64,
     pub dropped_in: AtomicU64,
     pub dropped_out: AtomicU64,
     seen_in: AtomicU64,
@@ -29,6 +32,11 @@ fn is_rtp(buf: &[u8]) -> bool {
     buf.len() >= 12 && buf[0] >> 6 == 2 && !(192..=223).contains(&buf[1])
 }
 
+/// A STUN binding request (an ICE connectivity check): type 0x0001 and the magic cookie.
+fn is_binding_request(buf: &[u8]) -> bool {
+    buf.len() >= 20 && buf[..2] == [0x00, 0x01] && buf[4..8] == [0x21, 0x12, 0xa4, 0x42]
+}
+
 fn is_video_rtp(buf: &[u8]) -> bool {
     buf.len() > 300 && is_rtp(buf)
 }
@@ -38,6 +46,14 @@ fn is_audio_rtp(buf: &[u8]) -> bool {
 }
 
 impl NetworkControl {
+    fn lose_check(&self, buf: &[u8]) -> bool {
+        is_binding_request(buf)
+            && self
+                .drop_out_checks
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+    }
+
     fn lose_audio(&self, buf: &[u8]) -> bool {
         let n = self.drop_in_audio_every.load(Ordering::Relaxed);
         if n == 0 || !is_audio_rtp(buf) {
@@ -75,7 +91,9 @@ impl CuttableSocket {
 
     fn drop_outbound(&self, buf: &[u8]) -> bool {
         let n = &self.net;
-        n.cut.load(Ordering::Relaxed) || n.lose(buf, &n.drop_out_every, &n.seen_out, &n.dropped_out)
+        n.cut.load(Ordering::Relaxed)
+            || n.lose(buf, &n.drop_out_every, &n.seen_out, &n.dropped_out)
+            || n.lose_check(buf)
     }
 }
 

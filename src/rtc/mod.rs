@@ -8,6 +8,7 @@
 //! connection (a cycle there is webrtc-rs's classic leak); every read loop ends on error.
 
 mod batch;
+mod candidates;
 mod peer;
 pub mod stun;
 mod telemetry;
@@ -22,8 +23,8 @@ use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 
 pub use batch::{flush as flush_sends, with_send_batching};
 pub use peer::{
-    check_remote_candidate, CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot,
-    IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
+    CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot, IncomingTrack, OutgoingTrack,
+    Peer, PeerEvent, PeerState,
 };
 
 use crate::config::Config;

@@ -28,6 +28,7 @@ use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiver
 use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
+use super::candidates::RemoteCandidates;
 use super::track::ForwardedTrack;
 use super::{RtcEngine, RtcError};
 use crate::forward::{MediaKind, RtpPacket};
@@ -198,6 +199,7 @@ impl EgressWriter {
 /// tasks until they notice; owners always close.
 pub struct Peer {
     pc: Arc<RTCPeerConnection>,
+    candidates: Arc<RemoteCandidates>,
     metrics: Metrics,
     _counted: PeerCounted,
 }
@@ -369,6 +371,7 @@ impl RtcEngine {
 
         Ok(Peer {
             pc,
+            candidates: Arc::default(),
             metrics: self.metrics.clone(),
             _counted: counted,
         })
@@ -513,10 +516,21 @@ impl Peer {
         check_answer_matches_offer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
         let answer = RTCSessionDescription::answer(sdp)
             .map_err(|e| RtcError::BadDescription(e.to_string()))?;
+        let first = self.pc.remote_description().await.is_none();
         self.pc
             .set_remote_description(answer)
             .await
-            .map_err(|e| RtcError::BadDescription(e.to_string()))
+            .map_err(|e| RtcError::BadDescription(e.to_string()))?;
+        if first {
+            self.candidates.start_grace(Arc::downgrade(&self.pc));
+        }
+        Ok(())
+    }
+
+    /// Checks one of the client's trickled candidates; it is used only if the client's own
+    /// checks have not connected us soon after the first answer (see `candidates.rs`).
+    pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
+        self.candidates.add(&self.pc, c).await
     }
 
     /// True while our last offer still waits for its answer.
@@ -625,23 +639,6 @@ fn lost_sequence_numbers(nack: &TransportLayerNack) -> Vec<u16> {
         }
     }
     seqs
-}
-
-/// Checks a client's trickled candidate, which is then left unused. Plaza's address is
-/// advertised and reachable, so a client's first connectivity check tells us its address (a
-/// peer-reflexive candidate), which is all ICE-lite servers ever use. Adding the trickled
-/// candidate too slows joins: when it arrives after that first check, webrtc-ice 0.17 holds a
-/// second, never-checked pair for the same address, ranks it above the working one, and waits
-/// a whole check interval (200 ms) before it nominates. Candidates in an answer's SDP arrive
-/// before any check and are used as usual.
-pub fn check_remote_candidate(c: &IceCandidate) -> Result<(), RtcError> {
-    let value = c
-        .candidate
-        .strip_prefix("candidate:")
-        .unwrap_or(&c.candidate);
-    webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
-        .map(|_| ())
-        .map_err(|e| RtcError::BadCandidate(e.to_string()))
 }
 
 /// The interceptors every peer connection gets: NACK generation (we ask publishers to resend),

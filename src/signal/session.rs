@@ -419,8 +419,9 @@ impl Session {
                 if c.candidate.is_empty() {
                     return Ok(None);
                 }
-                // Checked, then left unused: see check_remote_candidate.
-                crate::rtc::check_remote_candidate(&c)
+                j.peer
+                    .add_remote_candidate(c)
+                    .await
                     .map_err(|e| ClientError::new(ErrorCode::InvalidCandidate, e.to_string()))?;
             }
             ClientMessage::Chat { text, to } => {
