@@ -21,7 +21,9 @@ use webrtc::rtcp;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
@@ -429,7 +431,7 @@ impl Peer {
                 })
                 .collect(),
         };
-        let track = Arc::new(ForwardedTrack::new(capability, track_id, stream_id));
+        let track = Arc::new(ForwardedTrack::new(capability.clone(), track_id, stream_id));
         debug_assert_eq!(codec_type(kind), track.kind());
         let transceiver = self
             .pc
@@ -440,6 +442,17 @@ impl Peer {
                     send_encodings: vec![],
                 }),
             )
+            .await?;
+        // Offer only the codec the track carries: a forwarded track cannot be sent in any
+        // other. Listing every codec the engine knows made each m-line some 150 SDP lines,
+        // which webrtc-rs parses and keeps with each description: a third of a subscriber's
+        // memory, and most of the work of each negotiation. (Payload type 0: the engine's.)
+        transceiver
+            .set_codec_preferences(vec![RTCRtpCodecParameters {
+                capability,
+                payload_type: 0,
+                stats_id: String::new(),
+            }])
             .await?;
         let sender = transceiver.sender().await;
         // webrtc-rs hands a whole compound RTCP packet to every sender whose SSRC appears in
