@@ -31,6 +31,7 @@ pub struct Metrics {
     pub jitter: Histogram,
     pub fraction_lost: Histogram,
     pub join_to_first_media: Histogram,
+    pub forward_delay: Histogram,
     pub udp_receive_buffer_errors: IntCounter,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
@@ -156,6 +157,11 @@ impl Metrics {
                 "plaza_join_to_first_media_seconds",
                 "From a participant's join message to the first media packet sent to it.",
                 vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0],
+            ),
+            forward_delay: histogram(
+                "plaza_forward_delay_seconds",
+                "From a published packet leaving webrtc-rs's receive path (decrypted) to its copies being sent to the subscribers.",
+                vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
             ),
             udp_receive_buffer_errors,
             retransmissions: counter(

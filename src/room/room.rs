@@ -103,6 +103,8 @@ pub struct IngestPacket {
     pub track: TrackId,
     pub kind: MediaKind,
     pub packet: RtpPacket,
+    /// When webrtc-rs handed it to us (decrypted), for the forwarding delay.
+    pub received_at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -198,6 +200,8 @@ impl RoomTask {
             }),
         };
         let mut batch = Vec::with_capacity(MEDIA_BATCH);
+        let mut received = Vec::with_capacity(MEDIA_BATCH);
+        let forward_delay = state.metrics.forward_delay.clone();
         let empty_deadline = Instant::now() + EMPTY_ROOM_GRACE;
         loop {
             let keyframe_deadline = state.router.poll_timeout();
@@ -217,6 +221,7 @@ impl RoomTask {
                     }
                     let now = Instant::now();
                     for p in batch.drain(..) {
+                        received.push(p.received_at);
                         state.handle_media(p, now);
                     }
                 }
@@ -230,6 +235,10 @@ impl RoomTask {
             state.flush().await;
             // What this wake-up wrote to subscribers leaves now, batched.
             crate::rtc::flush_sends().await;
+            let sent = std::time::Instant::now();
+            for at in received.drain(..) {
+                forward_delay.observe(sent.saturating_duration_since(at).as_secs_f64());
+            }
         }
         // Leave the registry first so no new join can reach us, then refuse what is queued:
         // a dropped reply tells the joining session to retry on a fresh room.

@@ -724,6 +724,7 @@ impl Joined {
                 track: track_id,
                 kind,
                 packet,
+                received_at: std::time::Instant::now(),
             }) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
