@@ -232,9 +232,17 @@ impl RoomTask {
                     break;
                 }
             }
-            state.flush().await;
-            // What this wake-up wrote to subscribers leaves now, batched.
-            crate::rtc::flush_sends().await;
+            // Write what this wake-up fanned out, then send it, batched. Unconstrained: every
+            // write takes a lock inside webrtc-rs that counts against tokio's cooperative
+            // budget (128 per poll), so a keyframe fanned out to 8 subscribers would be forced
+            // to yield halfway and its packets, already written but not yet sent, would wait
+            // a whole round of the scheduler. The wake-up is bounded (MEDIA_BATCH packets), and
+            // the select above still yields when the budget says so.
+            tokio::task::unconstrained(async {
+                state.flush().await;
+                crate::rtc::flush_sends().await;
+            })
+            .await;
             let sent = std::time::Instant::now();
             for at in received.drain(..) {
                 forward_delay.observe(sent.saturating_duration_since(at).as_secs_f64());
