@@ -84,7 +84,7 @@ pub async fn flush() {
         if !gso || send_segments(&socket, &bytes, run).await.is_err() {
             // One by one: a lone packet, or GSO refused.
             for p in run {
-                let _ = send_one(&socket, &bytes[p.start..p.start + p.len], p.to).await;
+                let _ = socket.send_to(&bytes[p.start..p.start + p.len], p.to).await;
             }
         }
         rest = &rest[run.len()..];
@@ -122,16 +122,6 @@ fn gso_run(packets: &[Queued]) -> usize {
     n
 }
 
-async fn send_one(socket: &UdpSocket, packet: &[u8], to: SocketAddr) -> io::Result<usize> {
-    loop {
-        socket.writable().await?;
-        match socket.try_send_to(packet, to) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other,
-        }
-    }
-}
-
 /// One GSO send of `run` (one destination, equal sizes but the last). An error other than a
 /// full socket buffer means the kernel or the device refuses GSO: it is switched off.
 #[cfg(target_os = "linux")]
@@ -144,9 +134,8 @@ async fn send_segments(socket: &UdpSocket, bytes: &[u8], run: &[Queued]) -> io::
         .map(|p| IoSlice::new(&bytes[p.start..p.start + p.len]))
         .collect();
     let to = SockaddrStorage::from(run[0].to);
-    loop {
-        socket.writable().await?;
-        let sent = socket.try_io(Interest::WRITABLE, || {
+    let sent = socket
+        .async_io(Interest::WRITABLE, || {
             sendmsg(
                 socket.as_raw_fd(),
                 &slices,
@@ -155,17 +144,13 @@ async fn send_segments(socket: &UdpSocket, bytes: &[u8], run: &[Queued]) -> io::
                 Some(&to),
             )
             .map_err(io::Error::from)
-        });
-        match sent {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                GSO_WORKS.store(false, Ordering::Relaxed);
-                tracing::info!(error = %e, "UDP GSO refused: sending packets one by one");
-                return Err(e);
-            }
-            ok => return ok,
-        }
+        })
+        .await;
+    if let Err(e) = &sent {
+        GSO_WORKS.store(false, Ordering::Relaxed);
+        tracing::info!(error = %e, "UDP GSO refused: sending packets one by one");
     }
+    sent
 }
 
 #[cfg(not(target_os = "linux"))]

@@ -47,14 +47,8 @@ impl Default for RemoteCandidates {
 }
 
 impl RemoteCandidates {
-    /// Checks a candidate, then holds it or adds it to `pc`.
+    /// Checks and holds a candidate, or adds it to `pc` (which checks it) once the grace is over.
     pub async fn add(&self, pc: &RTCPeerConnection, c: IceCandidate) -> Result<(), RtcError> {
-        let value = c
-            .candidate
-            .strip_prefix("candidate:")
-            .unwrap_or(&c.candidate);
-        webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
-            .map_err(|e| RtcError::BadCandidate(e.to_string()))?;
         let init = RTCIceCandidateInit {
             candidate: c.candidate,
             sdp_mid: c.sdp_mid,
@@ -64,6 +58,12 @@ impl RemoteCandidates {
         {
             let mut state = self.lock();
             if let State::Holding(held) = &mut *state {
+                let value = init
+                    .candidate
+                    .strip_prefix("candidate:")
+                    .unwrap_or(&init.candidate);
+                webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
+                    .map_err(|e| RtcError::BadCandidate(e.to_string()))?;
                 if held.len() >= MAX_HELD {
                     return Err(RtcError::BadCandidate(format!(
                         "more than {MAX_HELD} candidates before ICE could use them"
