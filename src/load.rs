@@ -1,10 +1,15 @@
 //! The load tool's engine (`plaza-load`): P publishers and S subscribers join one room on a
 //! running Plaza through the real protocol, each its own WebRTC peer; publishers send synthetic
 //! media whose payloads carry a counter and their send time. It measures, over a window:
-//! delivery per subscriber (packets expected vs received), one-way latency, join time (connect
+//! delivery per receiver (packets expected vs received), one-way latency, join time (connect
 //! to first packet of each track), and, given the server's pid, its CPU and memory.
+//!
+//! Publishers are members of the call too, so the server forwards each publisher's tracks to
+//! the other publishers as well as to the subscribers: at 8×8 that is 15 copies of every
+//! published packet, not 8. Every copy is accounted (delivery, latency, and the divisor of the
+//! server's CPU per forwarded packet); join time is the subscribers' alone, since publishers
+//! join before there is anything to receive.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -32,8 +37,9 @@ pub struct LoadConfig {
     pub live: bool,
 }
 
+/// What one participant received from the publishers (other than itself) in the window.
 #[derive(Debug, Clone, Serialize)]
-pub struct SubscriberReport {
+pub struct ReceiverReport {
     pub name: String,
     pub expected: u64,
     pub received: u64,
@@ -51,8 +57,11 @@ pub struct LoadReport {
     pub audio: bool,
     pub packets_expected: u64,
     pub packets_received: u64,
+    /// Over every receiver: subscribers and publishers.
     pub delivery_percent: f64,
-    pub per_subscriber: Vec<SubscriberReport>,
+    pub per_subscriber: Vec<ReceiverReport>,
+    /// What each publisher received from the other publishers.
+    pub per_publisher: Vec<ReceiverReport>,
     pub latency_ms_p50: f64,
     pub latency_ms_p95: f64,
     pub latency_ms_p99: f64,
@@ -61,6 +70,7 @@ pub struct LoadReport {
     /// Connect to the first packet of each video track alone: video waits for a keyframe.
     pub join_video_ms_p50: f64,
     pub join_video_ms_p95: f64,
+    /// Copies received by every receiver in the window, per second: what the server forwarded.
     pub forwarded_packets_per_second: f64,
     pub server_cpu_percent: Option<f64>,
     pub server_cpu_us_per_forwarded_packet: Option<f64>,
@@ -208,7 +218,11 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if config.live && last_line.elapsed() >= Duration::from_secs(1) {
             last_line = Instant::now();
-            let received: u64 = subscribers.iter().map(|s| s.received_count()).sum();
+            let received: u64 = subscribers
+                .iter()
+                .chain(&publishers)
+                .map(|c| c.received_count())
+                .sum();
             let cpu = match (proc_before, config.server_pid.and_then(sample_process)) {
                 (Some(a), Some(b)) => format!(
                     ", server CPU {:.0}%",
@@ -238,7 +252,11 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     let drain_limit = Instant::now() + Duration::from_secs(5);
     let mut last_total = u64::MAX;
     loop {
-        let total: u64 = subscribers.iter().map(|s| s.received_count()).sum();
+        let total: u64 = subscribers
+            .iter()
+            .chain(&publishers)
+            .map(|c| c.received_count())
+            .sum();
         if total == last_total || Instant::now() > drain_limit {
             break;
         }
@@ -247,60 +265,38 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
     }
 
     // Which publisher is which participant, to find its tracks at the subscribers.
-    let mut publisher_ids = HashMap::new();
-    for (i, p) in publishers.iter().enumerate() {
-        publisher_ids.insert(p.participant_id().await, i);
+    let mut publisher_ids = Vec::new();
+    for p in &publishers {
+        publisher_ids.push(p.participant_id().await);
     }
-    let mut per_subscriber = Vec::new();
-    let mut latencies = Vec::new();
-    let mut joins = Vec::new();
-    let mut video_joins = Vec::new();
-    let (mut total_expected, mut total_received) = (0u64, 0u64);
-    for s in &subscribers {
-        let (mut expected, mut received) = (0u64, 0u64);
-        for t in s.received().values() {
-            let Some(&pi) = publisher_ids.get(&t.stream_id) else {
-                continue;
-            };
-            let (lo, hi) = if t.video {
-                (sent_at_start[pi].1, sent_at_end[pi].1)
-            } else {
-                (sent_at_start[pi].0, sent_at_end[pi].0)
-            };
-            expected += hi - lo;
-            let mut counters: Vec<u64> = t
-                .packets
-                .iter()
-                .filter_map(|p| p.parsed.filter(|x| x.intact && x.tag == publishers[pi].tag))
-                .map(|x| x.counter)
-                .filter(|c| (lo..hi).contains(c))
-                .collect();
-            counters.sort_unstable();
-            counters.dedup();
-            received += counters.len() as u64;
-            for p in &t.packets {
-                if let Some(x) = p.parsed.filter(|x| (lo..hi).contains(&x.counter)) {
-                    latencies.push((p.recv_at_us as f64 - x.sent_at_us as f64) / 1000.0);
-                }
-            }
-            if let Some(first) = t.packets.first() {
-                let join = first.at.duration_since(s.connected_at).as_secs_f64() * 1000.0;
-                joins.push(join);
-                if t.video {
-                    video_joins.push(join);
-                }
-            }
-        }
-        total_expected += expected;
-        total_received += received;
-        per_subscriber.push(SubscriberReport {
-            name: s.name.clone(),
-            expected,
-            received,
-            lost: expected.saturating_sub(received),
-            delivery_percent: 100.0 * received as f64 / expected.max(1) as f64,
-        });
-    }
+    let sources = Sources {
+        ids: &publisher_ids,
+        clients: &publishers,
+        kinds: if config.audio {
+            &[true, false]
+        } else {
+            &[true]
+        },
+        sent_at_start: &sent_at_start,
+        sent_at_end: &sent_at_end,
+    };
+    let mut tally = Tally::default();
+    let per_subscriber: Vec<ReceiverReport> = subscribers
+        .iter()
+        .map(|s| tally.receiver(s, None, &sources))
+        .collect();
+    let per_publisher: Vec<ReceiverReport> = publishers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| tally.receiver(p, Some(i), &sources))
+        .collect();
+    let Tally {
+        mut latencies,
+        mut joins,
+        mut video_joins,
+        expected: total_expected,
+        received: total_received,
+    } = tally;
     latencies.sort_by(f64::total_cmp);
     joins.sort_by(f64::total_cmp);
     video_joins.sort_by(f64::total_cmp);
@@ -331,6 +327,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         packets_received: total_received,
         delivery_percent: 100.0 * total_received as f64 / total_expected.max(1) as f64,
         per_subscriber,
+        per_publisher,
         latency_ms_p50: percentile(&latencies, 0.50),
         latency_ms_p95: percentile(&latencies, 0.95),
         latency_ms_p99: percentile(&latencies, 0.99),
@@ -403,13 +400,112 @@ impl LoadReport {
             opt(self.server_rss_mb_before, "MB"),
             opt(self.server_rss_mb_after, "MB")
         ));
-        out.push_str("  subscriber   expected   received   lost   delivery\n");
-        for s in &self.per_subscriber {
+        out.push_str("  receiver     expected   received   lost   delivery\n");
+        for s in self.per_subscriber.iter().chain(&self.per_publisher) {
             out.push_str(&format!(
                 "  {:<10} {:>9} {:>10} {:>6}   {:.3} %\n",
                 s.name, s.expected, s.received, s.lost, s.delivery_percent
             ));
         }
         out
+    }
+}
+
+/// The publishers, and what each sent within the window.
+struct Sources<'a> {
+    /// Participant ids, by publisher index.
+    ids: &'a [String],
+    clients: &'a [Client],
+    /// The kinds each publisher sends (true: video).
+    kinds: &'a [bool],
+    /// Per publisher: its (audio, video) counters when the window opened and closed.
+    sent_at_start: &'a [(u64, u64)],
+    sent_at_end: &'a [(u64, u64)],
+}
+
+impl Sources<'_> {
+    /// The counters publisher `pi` sent within the window, for one kind.
+    fn window(&self, pi: usize, video: bool) -> std::ops::Range<u64> {
+        let pick = |c: &(u64, u64)| if video { c.1 } else { c.0 };
+        pick(&self.sent_at_start[pi])..pick(&self.sent_at_end[pi])
+    }
+}
+
+/// Accumulates every receiver's counts, latencies and join times.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    joins: Vec<f64>,
+    video_joins: Vec<f64>,
+    expected: u64,
+    received: u64,
+}
+
+impl Tally {
+    /// Accounts what `receiver` got of every track of every publisher other than itself
+    /// (`own`: its publisher index, if it is one), within that publisher's window. A track that
+    /// never arrived counts as wholly lost. Join times are the subscribers' alone.
+    fn receiver(
+        &mut self,
+        receiver: &Client,
+        own: Option<usize>,
+        sources: &Sources,
+    ) -> ReceiverReport {
+        let got = receiver.received();
+        let (mut expected, mut received) = (0u64, 0u64);
+        for (pi, id) in sources.ids.iter().enumerate() {
+            if own == Some(pi) {
+                continue;
+            }
+            for &video in sources.kinds {
+                let window = sources.window(pi, video);
+                expected += window.end - window.start;
+                let Some(t) = got
+                    .values()
+                    .find(|t| &t.stream_id == id && t.video == video)
+                else {
+                    continue;
+                };
+                let tag = sources.clients[pi].tag;
+                let mut counters: Vec<u64> = t
+                    .packets
+                    .iter()
+                    .filter_map(|p| p.parsed.filter(|x| x.intact && x.tag == tag))
+                    .map(|x| x.counter)
+                    .filter(|c| window.contains(c))
+                    .collect();
+                counters.sort_unstable();
+                counters.dedup();
+                received += counters.len() as u64;
+                for p in &t.packets {
+                    if let Some(x) = p.parsed.filter(|x| window.contains(&x.counter)) {
+                        self.latencies
+                            .push((p.recv_at_us as f64 - x.sent_at_us as f64) / 1000.0);
+                    }
+                }
+                if let (None, Some(first)) = (own, t.packets.first()) {
+                    let join =
+                        first.at.duration_since(receiver.connected_at).as_secs_f64() * 1000.0;
+                    self.joins.push(join);
+                    if video {
+                        self.video_joins.push(join);
+                    }
+                }
+            }
+        }
+        self.expected += expected;
+        self.received += received;
+        ReceiverReport {
+            name: receiver.name.clone(),
+            expected,
+            received,
+            lost: expected.saturating_sub(received),
+            // A lone publisher expects nothing, and lost nothing.
+            delivery_percent: if expected == 0 {
+                100.0
+            } else {
+                100.0 * received as f64 / expected as f64
+            },
+        }
     }
 }

@@ -28,9 +28,10 @@ async fn a_clean_run_reports_full_delivery_latency_and_join_time() {
     let server = TestServer::start().await;
     let report = run(config(&server)).await.expect("the run completes");
     println!("{}", report.table());
-    // 2 publishers × (≈ 50 audio + ≈ 100 video packets/s) × 3 s, to each of 2 subscribers.
+    // 2 publishers × (≈ 50 audio + ≈ 100 video packets/s) × 3 s, to each of 2 subscribers
+    // and to the other publisher.
     assert!(
-        report.packets_expected > 1500,
+        report.packets_expected > 2000,
         "{}",
         report.packets_expected
     );
@@ -40,6 +41,19 @@ async fn a_clean_run_reports_full_delivery_latency_and_join_time() {
         report.delivery_percent
     );
     assert_eq!(report.per_subscriber.len(), 2);
+    // Publishers are in the call: each receives the other, and that is accounted too.
+    assert_eq!(report.per_publisher.len(), 2);
+    for p in &report.per_publisher {
+        assert!(p.expected > 300, "{p:?}");
+        assert!(p.delivery_percent >= 99.9, "{p:?}");
+    }
+    let every_receiver: u64 = report
+        .per_subscriber
+        .iter()
+        .chain(&report.per_publisher)
+        .map(|r| r.expected)
+        .sum();
+    assert_eq!(report.packets_expected, every_receiver);
     assert!(report.latency_ms_p50 > 0.0 && report.latency_ms_p99 < 1000.0);
     assert!(report.join_ms_p95 > 0.0 && report.join_ms_p95 < 2000.0);
     // Measured on this test process, which holds the server: a real, positive figure.
