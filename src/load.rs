@@ -28,6 +28,9 @@ pub struct LoadConfig {
     pub video_bitrate: u32,
     pub video_fps: u32,
     pub audio: bool,
+    /// Every publisher's periodic keyframe at the same moment (a worst case), instead of each
+    /// publisher at its own point of the keyframe interval, as independent cameras are.
+    pub aligned_keyframes: bool,
     /// The server's pid, to measure its CPU and memory.
     pub server_pid: Option<u32>,
     /// Fault injection to check the accounting: the first subscriber drops every Nth audio
@@ -55,6 +58,7 @@ pub struct LoadReport {
     pub video_bitrate: u32,
     pub video_fps: u32,
     pub audio: bool,
+    pub aligned_keyframes: bool,
     pub packets_expected: u64,
     pub packets_received: u64,
     /// Over every receiver: subscribers and publishers.
@@ -145,11 +149,14 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         ..ClientOptions::default()
     };
     let publishers = futures::future::join_all((0..config.publishers).map(|i| {
-        let (url, room, o) = (
+        let (url, room, mut o) = (
             config.url.clone(),
             config.room.clone(),
             video_options.clone(),
         );
+        if !config.aligned_keyframes {
+            o.keyframe_phase = i as u64 * o.keyframe_every / config.publishers as u64;
+        }
         async move { Client::join(&url, &room, &format!("pub{i}"), o).await }
     }))
     .await;
@@ -323,6 +330,7 @@ pub async fn run(config: LoadConfig) -> Result<LoadReport, LoadError> {
         video_bitrate: config.video_bitrate,
         video_fps: config.video_fps,
         audio: config.audio,
+        aligned_keyframes: config.aligned_keyframes,
         packets_expected: total_expected,
         packets_received: total_received,
         delivery_percent: 100.0 * total_received as f64 / total_expected.max(1) as f64,

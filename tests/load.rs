@@ -17,6 +17,7 @@ fn config(server: &TestServer) -> LoadConfig {
         video_bitrate: 800_000,
         video_fps: 30,
         audio: true,
+        aligned_keyframes: false,
         server_pid: Some(std::process::id()),
         drop_audio_every: 0,
         live: false,

@@ -36,6 +36,11 @@ struct Args {
     /// Also send Opus-sized audio, 50 packets per second.
     #[arg(long)]
     audio: bool,
+    /// Send every publisher's periodic keyframe at the same moment (a worst case). By
+    /// default each publisher is at its own point of the 2 s keyframe interval, as
+    /// independent cameras are; keyframes the server asks for still come together.
+    #[arg(long)]
+    aligned_keyframes: bool,
     /// The server's pid, to measure its CPU and memory during the run.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -59,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         video_bitrate: args.video_bitrate,
         video_fps: args.fps,
         audio: args.audio,
+        aligned_keyframes: args.aligned_keyframes,
         server_pid: args.server_pid,
         drop_audio_every: args.drop_audio_every,
         live: true,

@@ -78,6 +78,11 @@ pub struct ClientOptions {
     pub video_fps: u32,
     /// A keyframe every this many frames (besides those asked for with PLI).
     pub keyframe_every: u64,
+    /// Frames already into the keyframe interval at the start: the first periodic keyframe
+    /// comes after `keyframe_every - keyframe_phase` frames (the first frame is always one).
+    /// Independent cameras are not in step; giving each publisher its own phase keeps a load
+    /// test's periodic keyframes from all arriving at once.
+    pub keyframe_phase: u64,
     pub key_packets: usize,
     pub delta_packets: usize,
     pub video_packet_size: usize,
@@ -99,6 +104,7 @@ impl Default for ClientOptions {
             video: true,
             video_fps: 30,
             keyframe_every: 90,
+            keyframe_phase: 0,
             key_packets: 4,
             delta_packets: 2,
             video_packet_size: 900,
@@ -469,7 +475,8 @@ impl Client {
                         for (track, sent) in &local {
                             if track.kind() != webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video { continue; }
                             let asked = opts.honour_pli && sent.keyframe_requested.swap(false, Ordering::SeqCst);
-                            let key = frame % opts.keyframe_every == 0 || asked;
+                            let periodic = (frame + opts.keyframe_phase) % opts.keyframe_every.max(1) == 0;
+                            let key = frame == 0 || periodic || asked;
                             let (n, size) = frame_shape(&opts, key);
                             let ts = (frame as u32).wrapping_mul(90_000 / opts.video_fps);
                             for i in 0..n {
