@@ -89,13 +89,14 @@ impl SubscriberEgress {
         track: TrackId,
         kind: MediaKind,
         packet: RtpPacket,
+        now: Instant,
         counters: &EgressCounters,
     ) {
         let Some(out) = self.tracks.get_mut(&track) else {
             counters.unbound.inc();
             return;
         };
-        let written = out.writer.write(&packet).await;
+        let written = out.writer.write(&packet, now).await;
         if written == 0 {
             counters.unbound.inc();
         } else {
@@ -115,7 +116,13 @@ impl SubscriberEgress {
 
     /// The subscriber lost these packets of `track` (by the sequence numbers it saw): sends
     /// again those still in the history.
-    pub async fn retransmit(&self, track: TrackId, seqs: &[u16], counters: &EgressCounters) {
+    pub async fn retransmit(
+        &self,
+        track: TrackId,
+        seqs: &[u16],
+        now: Instant,
+        counters: &EgressCounters,
+    ) {
         let Some(out) = self.tracks.get(&track) else {
             return;
         };
@@ -125,7 +132,7 @@ impl SubscriberEgress {
         for &seq in seqs {
             match history.get(seq) {
                 Some(p) => {
-                    out.writer.write(p).await;
+                    out.writer.write(p, now).await;
                     counters.retransmitted.inc();
                 }
                 None => counters.retransmit_missed.inc(),

@@ -338,7 +338,7 @@ impl RoomState {
                 if let Some(member) = self.members.get(&subscriber) {
                     member
                         .egress
-                        .retransmit(track, &seqs, &self.egress_counters)
+                        .retransmit(track, &seqs, Instant::now(), &self.egress_counters)
                         .await;
                 }
             }
@@ -566,6 +566,8 @@ impl RoomState {
     /// Carries out what the router decided: writes forwarded packets, relays keyframe
     /// requests.
     async fn flush(&mut self) {
+        // One clock reading for the wake-up's writes: they all leave in its one batched send.
+        let now = Instant::now();
         while let Some(output) = self.router.poll_output() {
             match output {
                 Output::Rtp {
@@ -578,7 +580,7 @@ impl RoomState {
                         continue;
                     };
                     m.egress
-                        .send(track, kind, packet, &self.egress_counters)
+                        .send(track, kind, packet, now, &self.egress_counters)
                         .await;
                 }
                 Output::RequestKeyframe {

@@ -9,6 +9,7 @@
 
 mod batch;
 mod candidates;
+mod egress;
 mod peer;
 pub mod stun;
 mod telemetry;

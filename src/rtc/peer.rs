@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use webrtc::api::interceptor_registry::{configure_rtcp_reports, configure_twcc_receiver_only};
+use webrtc::api::interceptor_registry::configure_twcc_receiver_only;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
@@ -31,6 +31,7 @@ use webrtc::track::track_local::TrackLocal;
 use webrtc::track::track_remote::TrackRemote;
 
 use super::candidates::RemoteCandidates;
+use super::egress::{DirectEgressBuilder, OutgoingStreams};
 use super::track::ForwardedTrack;
 use super::{RtcEngine, RtcError};
 use crate::forward::{MediaKind, RtpPacket};
@@ -176,8 +177,8 @@ impl OutgoingTrack {
     }
 }
 
-/// Writes our packets onto one outgoing track, with the subscriber's SSRC and payload type;
-/// then the interceptors (sender reports, statistics) and SRTP take over.
+/// Writes our packets onto one outgoing track, with the subscriber's SSRC and payload type,
+/// straight into SRTP (`egress.rs`).
 #[derive(Clone)]
 pub struct EgressWriter {
     track: Arc<ForwardedTrack>,
@@ -191,9 +192,10 @@ impl EgressWriter {
         }
     }
 
-    /// Returns the bytes written, 0 when the track is not bound (yet or any more).
-    pub async fn write(&self, packet: &RtpPacket) -> usize {
-        self.track.write(packet).await
+    /// Sends `packet` at `now`. Returns the bytes written, 0 when the track is not bound (yet
+    /// or any more).
+    pub async fn write(&self, packet: &RtpPacket, now: std::time::Instant) -> usize {
+        self.track.write(packet, now).await
     }
 }
 
@@ -201,6 +203,8 @@ impl EgressWriter {
 /// tasks until they notice; owners always close.
 pub struct Peer {
     pc: Arc<RTCPeerConnection>,
+    /// Its outgoing streams' SRTP writers, for the tracks it sends.
+    outgoing_streams: Arc<OutgoingStreams>,
     candidates: Arc<RemoteCandidates>,
     metrics: Metrics,
     _counted: PeerCounted,
@@ -264,7 +268,13 @@ impl RtcEngine {
     ) -> Result<Peer, RtcError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
-        let registry = register_interceptors(Registry::new(), &mut media, &self.metrics)?;
+        let outgoing_streams = Arc::new(OutgoingStreams::default());
+        let registry = register_interceptors(
+            Registry::new(),
+            &mut media,
+            &self.metrics,
+            outgoing_streams.clone(),
+        )?;
 
         let mut settings = SettingEngine::default();
         settings.set_udp_network(self.udp_network());
@@ -373,6 +383,7 @@ impl RtcEngine {
 
         Ok(Peer {
             pc,
+            outgoing_streams,
             candidates: Arc::default(),
             metrics: self.metrics.clone(),
             _counted: counted,
@@ -431,7 +442,12 @@ impl Peer {
                 })
                 .collect(),
         };
-        let track = Arc::new(ForwardedTrack::new(capability.clone(), track_id, stream_id));
+        let track = Arc::new(ForwardedTrack::new(
+            capability.clone(),
+            track_id,
+            stream_id,
+            self.outgoing_streams.clone(),
+        ));
         debug_assert_eq!(codec_type(kind), track.kind());
         let transceiver = self
             .pc
@@ -654,8 +670,9 @@ fn lost_sequence_numbers(nack: &TransportLayerNack) -> Vec<u16> {
     seqs
 }
 
-/// The interceptors every peer connection gets: NACK generation (we ask publishers to resend),
-/// RTCP sender/receiver reports, and transport-wide congestion feedback to publishers so their
+/// The interceptors every peer connection gets: direct egress with its sender reports (first,
+/// so that it is handed the SRTP writers; see `egress.rs`), NACK generation (we ask publishers
+/// to resend), receiver reports, and transport-wide congestion feedback to publishers so their
 /// bandwidth estimation can ramp up. NACKs from subscribers are answered by our own egress
 /// history instead of webrtc-rs's responder, whose 0.17 send buffer drops its newest packets
 /// whenever an older one (a publisher's retransmission we forward late) is written after them.
@@ -663,7 +680,11 @@ fn register_interceptors(
     mut registry: Registry,
     media: &mut MediaEngine,
     metrics: &Metrics,
+    outgoing_streams: Arc<OutgoingStreams>,
 ) -> Result<Registry, webrtc::Error> {
+    registry.add(Box::new(DirectEgressBuilder {
+        streams: outgoing_streams,
+    }));
     for parameter in ["", "pli"] {
         media.register_feedback(
             RTCPFeedback {
@@ -679,7 +700,9 @@ fn register_interceptors(
     registry.add(Box::new(
         webrtc::interceptor::nack::generator::Generator::builder(),
     ));
-    registry = configure_rtcp_reports(registry);
+    registry.add(Box::new(
+        webrtc::interceptor::report::receiver::ReceiverReport::builder(),
+    ));
     configure_twcc_receiver_only(registry, media)
 }
 

@@ -2,7 +2,7 @@
 //! sends on its own (NACKs to publishers), and the statistics in subscribers' receiver reports.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use prometheus::IntCounter;
@@ -126,14 +126,9 @@ fn round_trip_seconds(lsr: u32, dlsr: u32, now: u32) -> Option<f64> {
     (rtt < 0x8000_0000).then(|| rtt as f64 / 65536.0)
 }
 
+/// The middle 32 bits of the current NTP time, the unit of LSR and DLSR.
 fn ntp_middle_now() -> u32 {
-    const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() + NTP_UNIX_OFFSET;
-    let frac = ((now.subsec_nanos() as u64) << 32) / 1_000_000_000;
-    (((secs & 0xffff) << 16) | (frac >> 16)) as u32
+    (super::egress::ntp_time(SystemTime::now()) >> 16) as u32
 }
 
 #[cfg(test)]

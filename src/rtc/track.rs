@@ -4,20 +4,22 @@
 //! every write takes an async lock, copies its list of bindings and clones the packet. A
 //! subscriber's copy of a track has exactly one binding (one sender on one peer connection), so
 //! this track keeps that binding behind a plain read lock and builds the outgoing packet once,
-//! with the subscriber's SSRC and payload type, straight into the sender's writer (the
-//! interceptors, then SRTP).
+//! with the subscriber's SSRC and payload type, straight into the sender's SRTP writer (see
+//! `egress.rs` for why it skips the interceptors).
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use webrtc::rtp;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
-use webrtc::track::track_local::{TrackLocal, TrackLocalContext, TrackLocalWriter};
+use webrtc::track::track_local::{TrackLocal, TrackLocalContext};
 
+use super::egress::{OutgoingStream, OutgoingStreams};
 use crate::forward::RtpPacket;
 
 /// The negotiated sender this track writes to.
@@ -27,7 +29,9 @@ struct Binding {
     payload_type: u8,
     /// Whether the sender is paused (webrtc-rs keeps the flag in its own atomic type).
     paused: Box<dyn Fn() -> bool + Send + Sync>,
-    writer: Arc<dyn TrackLocalWriter + Send + Sync>,
+    /// The sender's SRTP writer, found by SSRC once webrtc-rs has bound the stream (which it
+    /// does just after binding the track).
+    stream: OnceLock<Arc<OutgoingStream>>,
     /// The MID header extension, when the subscriber negotiated it.
     mid: Option<rtp::header::Extension>,
 }
@@ -37,21 +41,29 @@ pub struct ForwardedTrack {
     stream_id: String,
     codec: RTCRtpCodecCapability,
     binding: RwLock<Option<Arc<Binding>>>,
+    /// The connection's outgoing streams, where the binding's SRTP writer is found.
+    streams: Arc<OutgoingStreams>,
 }
 
 impl ForwardedTrack {
-    pub fn new(codec: RTCRtpCodecCapability, id: String, stream_id: String) -> Self {
+    pub fn new(
+        codec: RTCRtpCodecCapability,
+        id: String,
+        stream_id: String,
+        streams: Arc<OutgoingStreams>,
+    ) -> Self {
         Self {
             id,
             stream_id,
             codec,
             binding: RwLock::new(None),
+            streams,
         }
     }
 
-    /// Writes one packet; returns the bytes written, 0 when the track is not bound (before
-    /// negotiation, after removal) or the write failed.
-    pub async fn write(&self, packet: &RtpPacket) -> usize {
+    /// Writes one packet at `now`; returns the bytes written, 0 when the track is not bound
+    /// (before negotiation, after removal) or the write failed.
+    pub async fn write(&self, packet: &RtpPacket, now: Instant) -> usize {
         let Some(b) = self
             .binding
             .read()
@@ -63,6 +75,13 @@ impl ForwardedTrack {
         if (b.paused)() {
             return 0;
         }
+        let stream = match b.stream.get() {
+            Some(stream) => stream,
+            None => match self.streams.get(b.ssrc) {
+                Some(found) => b.stream.get_or_init(|| found),
+                None => return 0,
+            },
+        };
         let mut rtp = rtp::packet::Packet {
             header: rtp::header::Header {
                 version: 2,
@@ -79,7 +98,7 @@ impl ForwardedTrack {
             // Only fails for ids outside 1..=14 or payloads over 16 bytes, which bind rejects.
             let _ = rtp.header.set_extension(mid.id, mid.payload.clone());
         }
-        b.writer.write_rtp(&rtp).await.unwrap_or(0)
+        stream.write(&rtp, now).await
     }
 }
 
@@ -157,7 +176,7 @@ impl TrackLocal for ForwardedTrack {
                 let flag = t.paused();
                 Box::new(move || flag.load(Ordering::Relaxed))
             },
-            writer: t.write_stream(),
+            stream: OnceLock::new(),
             mid,
         }));
         Ok(chosen.clone())
