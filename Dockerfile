@@ -1,4 +1,5 @@
-# Plaza: a multi-stage build. The build stage compiles the release binary; the runtime image is
+# Plaza: a multi-stage build. The build stage compiles the binary with the `dist` profile
+# (release with whole-program optimisation, see Cargo.toml); the runtime image is
 # Debian slim with the binary, the browser client and the default configuration, running as an
 # unprivileged user.
 #
@@ -14,8 +15,8 @@ COPY src ./src
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin plaza \
- && cp target/release/plaza /usr/local/bin/plaza \
+    cargo build --profile dist --locked --bin plaza \
+ && cp target/dist/plaza /usr/local/bin/plaza \
  && strip --strip-debug /usr/local/bin/plaza
 
 FROM debian:bookworm-slim

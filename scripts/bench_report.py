@@ -43,7 +43,7 @@ except OSError:
 section = f"""## Load runs
 
 Measured {datetime.date.today()} on {machine}; commit {commit}.
-Command: `scripts/bench.sh {' '.join(sizes)}` (each size: a fresh release `plaza` on loopback,
+Command: `scripts/bench.sh {' '.join(sizes)}` (each size: a fresh `plaza` of the `dist` profile, as shipped, on loopback,
 `plaza-load --publishers P --subscribers S --duration {os.environ.get('DURATION', '30')} --audio --server-pid PID`;
 video ≈ 800 kbit/s, 30 fps, keyframe every 2 s, packets ≤ 1100 bytes; Opus-sized audio at 50
 packets/s). The load tool runs on the same 2 cores as the server, so its own CPU competes with

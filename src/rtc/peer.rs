@@ -37,6 +37,9 @@ use super::{RtcEngine, RtcError};
 use crate::forward::{MediaKind, RtpPacket};
 use crate::metrics::{Metrics, TaskGuard};
 
+/// Room for one incoming RTP packet: webrtc-rs's default receive MTU.
+const INGEST_BUFFER_BYTES: usize = 1460;
+
 /// An ICE candidate as the browser's `RTCIceCandidateInit` dictionary spells it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -121,7 +124,10 @@ impl IncomingTrack {
         let remote = self.remote;
         tokio::spawn(async move {
             let _guard = rtp_guard;
-            while let Ok((packet, _)) = remote.read_rtp().await {
+            // One buffer for the track's life: `read_rtp` would allocate and zero a fresh one
+            // per packet. The packet's payload is copied out of it, so it can be reused.
+            let mut buffer = vec![0u8; INGEST_BUFFER_BYTES];
+            while let Ok((packet, _)) = remote.read(&mut buffer).await {
                 let h = packet.header;
                 let ours = RtpPacket {
                     payload_type: h.payload_type,
