@@ -88,6 +88,7 @@ pub struct TimeoutsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     pub keyframe_request_interval_ms: u64,
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +151,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             keyframe_request_interval_ms: 500,
+            workers: 0,
         }
     }
 }

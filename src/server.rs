@@ -18,8 +18,8 @@ use tower_http::services::ServeDir;
 use crate::config::Config;
 use crate::forward::IdAllocator;
 use crate::metrics::Metrics;
-use crate::room::Registry;
-use crate::rtc::RtcEngine;
+use crate::room::{Registry, Workers};
+use crate::rtc::{RtcEngine, RtcError};
 use crate::signal::run_session;
 
 /// Everything a request or session needs, cheap to clone.
@@ -68,8 +68,9 @@ impl AppState {
     pub fn new(config: Config) -> Result<AppState, crate::rtc::RtcError> {
         let metrics = Metrics::new();
         let rtc = RtcEngine::bind(&config, metrics.clone())?;
+        let workers = Workers::start(config.media.workers).map_err(RtcError::Workers)?;
         Ok(AppState {
-            registry: Arc::new(Registry::new(&config, metrics.clone())),
+            registry: Arc::new(Registry::new(&config, metrics.clone(), workers)),
             rtc: Arc::new(rtc),
             ids: Arc::new(IdAllocator::default()),
             lifecycle: Arc::new(Lifecycle::new()),

@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::room::{JoinAccepted, RoomCommand, RoomHandle, RoomTask, SessionEvent};
+use super::workers::Workers;
 use crate::config::Config;
 use crate::forward::{ParticipantId, RouterConfig};
 use crate::metrics::Metrics;
@@ -22,10 +23,11 @@ pub struct Registry {
     media_queue: usize,
     router_config: RouterConfig,
     metrics: Metrics,
+    workers: Workers,
 }
 
 impl Registry {
-    pub fn new(config: &Config, metrics: Metrics) -> Registry {
+    pub fn new(config: &Config, metrics: Metrics, workers: Workers) -> Registry {
         Registry {
             rooms: Arc::new(DashMap::new()),
             next_room_id: AtomicU64::new(1),
@@ -36,6 +38,7 @@ impl Registry {
                 keyframe_request_interval: config.keyframe_request_interval(),
             },
             metrics,
+            workers,
         }
     }
 
@@ -113,6 +116,7 @@ impl Registry {
                     router_config: self.router_config.clone(),
                     metrics: self.metrics.clone(),
                     rooms: self.rooms.clone(),
+                    placement: self.workers.place(),
                 };
                 let handle = task.spawn(self.media_queue);
                 v.insert(handle.clone());

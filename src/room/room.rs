@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 
 use super::outgoing::{EgressCounters, SubscriberEgress};
+use super::workers::Placement;
 use crate::forward::{MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId};
 use crate::metrics::Metrics;
 use crate::rtc::{CodecSpec, EgressWriter};
@@ -114,6 +115,8 @@ pub struct RoomHandle {
     pub media: mpsc::Sender<IngestPacket>,
     /// Members right now, written only by the room task; read for listings.
     pub participants: Arc<AtomicUsize>,
+    /// The media worker the room runs on, where its members' peer connections run too.
+    pub runtime: tokio::runtime::Handle,
 }
 
 struct Member {
@@ -144,6 +147,7 @@ pub(super) struct RoomTask {
     pub router_config: RouterConfig,
     pub metrics: Metrics,
     pub rooms: Arc<DashMap<String, RoomHandle>>,
+    pub placement: Placement,
 }
 
 /// Indexed by `MediaKind as usize`.
@@ -163,10 +167,12 @@ impl RoomTask {
             commands: commands_tx,
             media: media_tx,
             participants: Arc::new(AtomicUsize::new(0)),
+            runtime: self.placement.runtime.clone(),
         };
         let span = tracing::info_span!("room", room = %self.name);
         let participants = handle.participants.clone();
-        tokio::spawn(
+        let runtime = self.placement.runtime.clone();
+        runtime.spawn(
             crate::rtc::with_send_batching(self.run(commands, media, participants))
                 .instrument(span),
         );
@@ -210,7 +216,14 @@ impl RoomTask {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     state.handle_command(command).await;
-                    participants.store(state.members.len(), Ordering::Relaxed);
+                    let now = state.members.len();
+                    let before = participants.swap(now, Ordering::Relaxed);
+                    // The worker's load counts participants (see workers.rs).
+                    if now > before {
+                        self.placement.load.fetch_add(now - before, Ordering::Relaxed);
+                    } else {
+                        self.placement.load.fetch_sub(before - now, Ordering::Relaxed);
+                    }
                     if state.members.is_empty() {
                         break;
                     }
@@ -260,6 +273,11 @@ impl RoomTask {
             .subscriptions
             .sub(state.router.consumer_count() as i64);
         state.metrics.participants.sub(state.members.len() as i64);
+        // Give back the room's unit of load and its members'.
+        self.placement.load.fetch_sub(
+            1 + participants.swap(0, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         self.metrics.rooms.dec();
         info!("room closed");
     }

@@ -38,6 +38,10 @@ pub enum RtcError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the media worker threads: {0}")]
+    Workers(std::io::Error),
+    #[error("the media worker of this connection has stopped (the server is shutting down)")]
+    WorkerStopped,
     #[error("the session description was rejected: {0}")]
     BadDescription(String),
     #[error("the ICE candidate was rejected: {0}")]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use webrtc::api::interceptor_registry::configure_twcc_receiver_only;
 use webrtc::api::media_engine::MediaEngine;
@@ -99,6 +100,8 @@ pub struct IncomingTrack {
     pub codec: CodecSpec,
     remote: Arc<TrackRemote>,
     receiver: Arc<webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver>,
+    /// The connection's media worker, where the track is read.
+    runtime: Handle,
 }
 
 impl std::fmt::Debug for IncomingTrack {
@@ -122,7 +125,7 @@ impl IncomingTrack {
     {
         let (rtp_guard, rtcp_guard) = guards;
         let remote = self.remote;
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let _guard = rtp_guard;
             // One buffer for the track's life: `read_rtp` would allocate and zero a fresh one
             // per packet. The packet's payload is copied out of it, so it can be reused.
@@ -143,7 +146,7 @@ impl IncomingTrack {
             }
         });
         let receiver = self.receiver;
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let _guard = rtcp_guard;
             while receiver.read_rtcp().await.is_ok() {}
         });
@@ -209,6 +212,9 @@ impl EgressWriter {
 /// tasks until they notice; owners always close.
 pub struct Peer {
     pc: Arc<RTCPeerConnection>,
+    /// The media worker this connection runs on (its room's): every call into webrtc-rs that
+    /// may start tasks runs there, so that they all live on that worker (`room/workers.rs`).
+    runtime: Handle,
     /// Its outgoing streams' SRTP writers, for the tracks it sends.
     outgoing_streams: Arc<OutgoingStreams>,
     candidates: Arc<RemoteCandidates>,
@@ -267,10 +273,12 @@ impl Drop for PeerCounted {
 }
 
 impl RtcEngine {
-    /// Builds a peer connection whose events go to `events`.
+    /// Builds a peer connection whose events go to `events`, running on the media worker
+    /// `runtime`.
     pub async fn new_peer(
         &self,
         events: mpsc::UnboundedSender<PeerEvent>,
+        runtime: Handle,
     ) -> Result<Peer, RtcError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
@@ -317,7 +325,12 @@ impl RtcEngine {
             .with_interceptor_registry(registry)
             .with_setting_engine(settings)
             .build();
-        let pc = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+        let pc = Arc::new(
+            on_worker(&runtime, async move {
+                api.new_peer_connection(RTCConfiguration::default()).await
+            })
+            .await??,
+        );
         let counted = PeerCounted::new(self.metrics.clone());
         let track_state = counted.tracker();
 
@@ -360,6 +373,7 @@ impl RtcEngine {
             Box::pin(async {})
         }));
         let tx = events;
+        let track_runtime = runtime.clone();
         pc.on_track(Box::new(move |remote, receiver, transceiver| {
             let codec = remote.codec().capability;
             let track = IncomingTrack {
@@ -382,6 +396,7 @@ impl RtcEngine {
                 },
                 remote,
                 receiver,
+                runtime: track_runtime.clone(),
             };
             let _ = tx.send(PeerEvent::Track(track));
             Box::pin(async {})
@@ -389,6 +404,7 @@ impl RtcEngine {
 
         Ok(Peer {
             pc,
+            runtime,
             outgoing_streams,
             candidates: Arc::default(),
             metrics: self.metrics.clone(),
@@ -400,24 +416,30 @@ impl RtcEngine {
 impl Peer {
     /// Offers a recvonly transceiver for the participant to publish one track on.
     pub async fn add_incoming(&self, kind: MediaKind) -> Result<IncomingSlot, RtcError> {
-        let transceiver = self
-            .pc
-            .add_transceiver_from_kind(
+        let pc = self.pc.clone();
+        let transceiver = on_worker(&self.runtime, async move {
+            pc.add_transceiver_from_kind(
                 codec_type(kind),
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Recvonly,
                     send_encodings: vec![],
                 }),
             )
-            .await?;
+            .await
+        })
+        .await??;
         Ok(IncomingSlot { transceiver })
     }
 
     /// Stops receiving on a slot: the next offer marks it inactive.
     pub async fn stop_incoming(&self, slot: &IncomingSlot) {
-        slot.transceiver
-            .set_direction(RTCRtpTransceiverDirection::Inactive)
-            .await;
+        let transceiver = slot.transceiver.clone();
+        let _ = on_worker(&self.runtime, async move {
+            transceiver
+                .set_direction(RTCRtpTransceiverDirection::Inactive)
+                .await
+        })
+        .await;
     }
 
     /// Adds a sendonly track carrying a copy of someone's published track. Its RTCP is drained
@@ -455,41 +477,45 @@ impl Peer {
             self.outgoing_streams.clone(),
         ));
         debug_assert_eq!(codec_type(kind), track.kind());
-        let transceiver = self
-            .pc
-            .add_transceiver_from_track(
-                track.clone() as Arc<dyn TrackLocal + Send + Sync>,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    send_encodings: vec![],
-                }),
-            )
-            .await?;
-        // Offer only the codec the track carries: a forwarded track cannot be sent in any
-        // other. Listing every codec the engine knows made each m-line some 150 SDP lines,
-        // which webrtc-rs parses and keeps with each description: a third of a subscriber's
-        // memory, and most of the work of each negotiation. (Payload type 0: the engine's.)
-        transceiver
-            .set_codec_preferences(vec![RTCRtpCodecParameters {
-                capability,
-                payload_type: 0,
-                stats_id: String::new(),
-            }])
-            .await?;
-        let sender = transceiver.sender().await;
-        // webrtc-rs hands a whole compound RTCP packet to every sender whose SSRC appears in
-        // it, so each loop keeps only what is about its own stream.
-        let ssrc = sender
-            .get_parameters()
-            .await
-            .encodings
-            .first()
-            .map(|e| e.ssrc)
-            .unwrap_or_default();
+        let (pc, local) = (self.pc.clone(), track.clone());
+        let (transceiver, sender, ssrc) = on_worker(&self.runtime, async move {
+            let transceiver = pc
+                .add_transceiver_from_track(
+                    local as Arc<dyn TrackLocal + Send + Sync>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        send_encodings: vec![],
+                    }),
+                )
+                .await?;
+            // Offer only the codec the track carries: a forwarded track cannot be sent in any
+            // other. Listing every codec the engine knows made each m-line some 150 SDP lines,
+            // which webrtc-rs parses and keeps with each description: a third of a subscriber's
+            // memory, and most of the work of each negotiation. (Payload type 0: the engine's.)
+            transceiver
+                .set_codec_preferences(vec![RTCRtpCodecParameters {
+                    capability,
+                    payload_type: 0,
+                    stats_id: String::new(),
+                }])
+                .await?;
+            let sender = transceiver.sender().await;
+            // webrtc-rs hands a whole compound RTCP packet to every sender whose SSRC appears
+            // in it, so each loop keeps only what is about its own stream.
+            let ssrc = sender
+                .get_parameters()
+                .await
+                .encodings
+                .first()
+                .map(|e| e.ssrc)
+                .unwrap_or_default();
+            Ok::<_, webrtc::Error>((transceiver, sender, ssrc))
+        })
+        .await??;
         let rtcp_sender = sender.clone();
         let metrics = self.metrics.clone();
         let clock_rate = codec.clock_rate;
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             let _guard = guard;
             while let Ok((packets, _)) = rtcp_sender.read_rtcp().await {
                 for packet in packets {
@@ -524,16 +550,23 @@ impl Peer {
 
     /// Stops sending a track; the next offer marks its transceiver inactive.
     pub async fn remove_outgoing(&self, track: &OutgoingTrack) {
-        if let Err(e) = self.pc.remove_track(&track.sender).await {
+        let (pc, sender) = (self.pc.clone(), track.sender.clone());
+        let removed = on_worker(&self.runtime, async move { pc.remove_track(&sender).await });
+        if let Ok(Err(e)) = removed.await {
             tracing::debug!(error = %e, "remove_track");
         }
     }
 
     /// Creates an offer and applies it locally; returns its SDP.
     pub async fn create_offer(&self) -> Result<String, RtcError> {
-        let offer = self.pc.create_offer(None).await?;
-        let sdp = offer.sdp.clone();
-        self.pc.set_local_description(offer).await?;
+        let pc = self.pc.clone();
+        let sdp = on_worker(&self.runtime, async move {
+            let offer = pc.create_offer(None).await?;
+            let sdp = offer.sdp.clone();
+            pc.set_local_description(offer).await?;
+            Ok::<_, webrtc::Error>(sdp)
+        })
+        .await??;
         Ok(sdp)
     }
 
@@ -543,29 +576,32 @@ impl Peer {
     /// before all of its own checks have run, so a hostile answer it rejects late can still
     /// consume the offer. Anything that passes here is well-formed enough to apply.
     pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
-        let offer = self
-            .pc
-            .pending_local_description()
-            .await
-            .ok_or_else(|| RtcError::BadDescription("no offer is outstanding".into()))?;
-        check_answer_matches_offer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
-        let answer = RTCSessionDescription::answer(sdp)
-            .map_err(|e| RtcError::BadDescription(e.to_string()))?;
-        let first = self.pc.remote_description().await.is_none();
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .map_err(|e| RtcError::BadDescription(e.to_string()))?;
-        if first {
-            self.candidates.start_grace(Arc::downgrade(&self.pc));
-        }
-        Ok(())
+        let (pc, candidates) = (self.pc.clone(), self.candidates.clone());
+        on_worker(&self.runtime, async move {
+            let offer = pc
+                .pending_local_description()
+                .await
+                .ok_or_else(|| RtcError::BadDescription("no offer is outstanding".into()))?;
+            check_answer_matches_offer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
+            let answer = RTCSessionDescription::answer(sdp)
+                .map_err(|e| RtcError::BadDescription(e.to_string()))?;
+            let first = pc.remote_description().await.is_none();
+            pc.set_remote_description(answer)
+                .await
+                .map_err(|e| RtcError::BadDescription(e.to_string()))?;
+            if first {
+                candidates.start_grace(Arc::downgrade(&pc));
+            }
+            Ok(())
+        })
+        .await?
     }
 
     /// Checks one of the client's trickled candidates; it is used only if the client's own
     /// checks have not connected us soon after the first answer (see `candidates.rs`).
     pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        self.candidates.add(&self.pc, c).await
+        let (pc, candidates) = (self.pc.clone(), self.candidates.clone());
+        on_worker(&self.runtime, async move { candidates.add(&pc, c).await }).await?
     }
 
     /// True while our last offer still waits for its answer.
@@ -580,7 +616,11 @@ impl Peer {
             sender_ssrc: 0,
             media_ssrc: ssrc,
         };
-        if self.pc.write_rtcp(&[Box::new(pli)]).await.is_ok() {
+        let pc = self.pc.clone();
+        let sent = on_worker(&self.runtime, async move {
+            pc.write_rtcp(&[Box::new(pli)]).await
+        });
+        if let Ok(Ok(_)) = sent.await {
             self.metrics
                 .keyframe_requests
                 .with_label_values(&["out", "pli"])
@@ -593,10 +633,26 @@ impl Peer {
     }
 
     pub async fn close(&self) {
-        if let Err(e) = self.pc.close().await {
-            tracing::debug!(error = %e, "closing peer connection");
+        let pc = self.pc.clone();
+        match on_worker(&self.runtime, async move { pc.close().await }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "closing peer connection"),
+            // The server is stopping; the worker drops the connection's tasks itself.
+            Err(e) => tracing::debug!(error = %e, "closing peer connection"),
         }
     }
+}
+
+/// Runs `work` on the media worker `runtime` and waits for it. Signalling-rate calls only:
+/// each is a task and a wake-up across threads.
+async fn on_worker<T: Send + 'static>(
+    runtime: &Handle,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, RtcError> {
+    runtime
+        .spawn(work)
+        .await
+        .map_err(|_| RtcError::WorkerStopped)
 }
 
 /// An answer must carry, for each of the offer's m-lines in order, one of the same kind and mid,

@@ -481,22 +481,34 @@ impl Session {
         let joined_at = Instant::now();
         let id = self.state.ids.participant();
         let span = tracing::info_span!("participant", room = %room, participant = %id);
-        let (peer_tx, peer_events) = mpsc::unbounded_channel();
-        let peer = self.state.rtc.new_peer(peer_tx).await.map_err(|e| {
-            warn!(error = %e, "cannot create a peer connection");
-            ClientError::new(ErrorCode::Internal, "the server could not set up media")
-        })?;
         let (events_tx, room_events) = mpsc::unbounded_channel();
-        let joined = self
+        let (handle, accepted) = self
             .state
             .registry
             .join(&room, id, name.clone(), events_tx, joined_at)
-            .await;
-        let (handle, accepted) = match joined {
-            Ok(ok) => ok,
+            .await?;
+        // The peer connection runs on its room's media worker.
+        let (peer_tx, peer_events) = mpsc::unbounded_channel();
+        let peer = match self
+            .state
+            .rtc
+            .new_peer(peer_tx, handle.runtime.clone())
+            .await
+        {
+            Ok(peer) => peer,
             Err(e) => {
-                peer.close().await;
-                return Err(e);
+                warn!(error = %e, "cannot create a peer connection");
+                let _ = handle
+                    .commands
+                    .send(RoomCommand::Leave {
+                        participant: id,
+                        reason: LeaveReason::Disconnected,
+                    })
+                    .await;
+                return Err(ClientError::new(
+                    ErrorCode::Internal,
+                    "the server could not set up media",
+                ));
             }
         };
         let mut j = Joined {
