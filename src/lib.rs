@@ -4,9 +4,11 @@
 //! - [`forward`]: the forwarding core. No I/O: which consumer gets which packet, sequence and
 //!   timestamp rewriting, keyframe gating and request throttling.
 //! - [`rtc`]: the only module that touches webrtc-rs: the shared UDP mux, peer connections,
-//!   ingest (track → our packets) and egress (our packets → track), RTCP feedback.
+//!   ingest (track → our packets) and egress (our packets → SRTP), RTCP feedback and sender
+//!   reports.
 //! - [`room`]: one task per room owns its members and its [`forward::Router`]; the registry
-//!   maps room names to their tasks.
+//!   maps room names to their tasks, which run on media workers (one single-threaded runtime
+//!   per core, shared with the room's peer connections).
 //! - [`signal`]: the WebSocket protocol (`protocol`) and one session per connection, which drives
 //!   the participant's peer connection and negotiation.
 //! - [`server`]: HTTP (static client, `/healthz`, signalling, `/metrics`) and `run`.
