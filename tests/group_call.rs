@@ -387,3 +387,67 @@ async fn lost_video_is_retransmitted_on_both_legs() {
     common::leave_all([ann, bob]).await;
     server.assert_drained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_forwarded_track_gets_sender_reports_that_match_what_arrived() {
+    // Browsers line audio up with video through each stream's sender reports (RTP time against
+    // wall clock): every track the server sends must have them, and they must describe what
+    // the subscriber is actually receiving.
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let mut clients = Vec::new();
+    for name in ["Ann", "Bob"] {
+        clients.push(Client::join(&url, "reports", name, ClientOptions::default()).await);
+    }
+    for c in &clients {
+        wait_for(&format!("{} media", c.name), SETUP, || {
+            c.flowing_tracks(20) == 2
+        })
+        .await;
+    }
+    // Reports go out every second; three per track, once media flows, within 10 s.
+    for c in &clients {
+        wait_for(
+            &format!("three sender reports on each of {}'s tracks", c.name),
+            Duration::from_secs(10),
+            || {
+                c.received()
+                    .values()
+                    .all(|t| t.sender_reports.iter().filter(|r| r.received > 0).count() >= 3)
+            },
+        )
+        .await;
+    }
+    for c in &clients {
+        for t in c.received().values() {
+            for r in t.sender_reports.iter().filter(|r| r.received > 0) {
+                // Counted by the server as it sends: the receiver has those packets, give or
+                // take the ones in flight (100 ms of video at most) and none lost on loopback.
+                let in_flight = if t.video { 10 } else { 5 };
+                assert!(
+                    (r.packet_count as i64 - r.received as i64).abs() <= in_flight,
+                    "{} {}: the report counts {} packets, {} arrived",
+                    c.name,
+                    t.track_id,
+                    r.packet_count,
+                    r.received
+                );
+                // Its RTP time is "now" on the stream's clock: within 50 ms of the receiver's
+                // own reckoning from the packets it got.
+                let local = r.local_rtp_time.expect("packets arrived before the report");
+                let apart = r.rtp_time.wrapping_sub(local) as i32;
+                let tolerance = (r.clock_rate / 20) as i32;
+                assert!(
+                    apart.abs() <= tolerance,
+                    "{} {}: report RTP time {} is {apart} ticks from {local} (clock {})",
+                    c.name,
+                    t.track_id,
+                    r.rtp_time,
+                    r.clock_rate
+                );
+            }
+        }
+    }
+    common::leave_all(clients).await;
+    server.assert_drained().await;
+}

@@ -63,6 +63,7 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtcp::sender_report::SenderReport;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
@@ -132,6 +133,21 @@ pub struct RecvTrack {
     pub stream_id: String,
     pub video: bool,
     pub packets: Vec<RecvPacket>,
+    /// The sender reports that arrived for this track, in order.
+    pub sender_reports: Vec<SeenSenderReport>,
+}
+
+/// A sender report as it arrived, with what the receiver itself had seen at that moment.
+#[derive(Debug, Clone)]
+pub struct SeenSenderReport {
+    pub packet_count: u32,
+    pub rtp_time: u32,
+    /// Packets received on the track when the report arrived.
+    pub received: usize,
+    /// The RTP time of the report's arrival by the receiver's own reckoning: the last packet's
+    /// timestamp advanced by the time since it arrived. `None` before the first packet.
+    pub local_rtp_time: Option<u32>,
+    pub clock_rate: u32,
 }
 
 /// What one of our published tracks has sent so far.
@@ -295,6 +311,8 @@ impl Client {
             let video = track.kind() == webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video;
             let id = track.id();
             let stream_id = track.stream_id();
+            let clock_rate = track.codec().capability.clock_rate;
+            let ssrc = track.ssrc();
             s.received.lock().unwrap().insert(
                 id.clone(),
                 RecvTrack {
@@ -302,9 +320,40 @@ impl Client {
                     stream_id,
                     video,
                     packets: Vec::new(),
+                    sender_reports: Vec::new(),
                 },
             );
-            tokio::spawn(async move { while receiver.read_rtcp().await.is_ok() {} });
+            let (reports, report_id) = (s.clone(), id.clone());
+            tokio::spawn(async move {
+                while let Ok((packets, _)) = receiver.read_rtcp().await {
+                    for packet in packets {
+                        // A compound packet reaches every receiver it names: keep our own.
+                        let Some(sr) = packet
+                            .as_any()
+                            .downcast_ref::<SenderReport>()
+                            .filter(|sr| sr.ssrc == ssrc)
+                        else {
+                            continue;
+                        };
+                        let mut received = reports.received.lock().unwrap();
+                        let Some(t) = received.get_mut(&report_id) else {
+                            continue;
+                        };
+                        let local_rtp_time = t.packets.last().map(|p| {
+                            let elapsed = p.at.elapsed().as_secs_f64();
+                            p.ts.wrapping_add((elapsed * clock_rate as f64) as u32)
+                        });
+                        let seen = SeenSenderReport {
+                            packet_count: sr.packet_count,
+                            rtp_time: sr.rtp_time,
+                            received: t.packets.len(),
+                            local_rtp_time,
+                            clock_rate,
+                        };
+                        t.sender_reports.push(seen);
+                    }
+                }
+            });
             tokio::spawn(async move {
                 while let Ok((p, _)) = track.read_rtp().await {
                     let record = RecvPacket {
