@@ -27,6 +27,7 @@ pub struct Metrics {
     pub nacks_sent: IntCounterVec,
     pub retransmissions: IntCounterVec,
     pub peer_connection_states: IntGaugeVec,
+    pub media_worker_load: IntGaugeVec,
     pub rtt: Histogram,
     pub jitter: Histogram,
     pub fraction_lost: Histogram,
@@ -89,6 +90,18 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("registered once");
+        let media_worker_load = IntGaugeVec::new(
+            Opts::new(
+                "plaza_media_worker_load",
+                "Rooms plus their participants on each media worker thread (media.workers): \
+                 a new room goes to the least loaded.",
+            ),
+            &["worker"],
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(media_worker_load.clone()))
+            .expect("registered once");
         let tasks = IntGaugeVec::new(
             Opts::new("plaza_tasks", "Live background tasks by role."),
             &["role"],
@@ -107,6 +120,7 @@ impl Metrics {
             ),
             peer_connections: gauge("plaza_peer_connections", "Peer connections open now."),
             tasks,
+            media_worker_load,
             rtp_packets: counter(
                 "plaza_rtp_packets_total",
                 "RTP packets received from publishers (in) and sent to subscribers (out).",

@@ -68,7 +68,7 @@ impl AppState {
     pub fn new(config: Config) -> Result<AppState, crate::rtc::RtcError> {
         let metrics = Metrics::new();
         let rtc = RtcEngine::bind(&config, metrics.clone())?;
-        let workers = Workers::start(config.media.workers).map_err(RtcError::Workers)?;
+        let workers = Workers::start(config.media.workers, &metrics).map_err(RtcError::Workers)?;
         Ok(AppState {
             registry: Arc::new(Registry::new(&config, metrics.clone(), workers)),
             rtc: Arc::new(rtc),

@@ -1,6 +1,7 @@
 //! Configuration options that change how the server runs, each shown working with a real call
 //! or request: ICE-lite, a UDP port range instead of the shared port, STUN discovery of the
-//! public address, the signalling rate limit, and a separate metrics listener.
+//! public address, the signalling rate limit, a separate metrics listener, and the number of
+//! media workers.
 
 mod common;
 
@@ -194,4 +195,35 @@ async fn status(addr: std::net::SocketAddr, path: &str) -> u16 {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     buf.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_spread_over_the_media_workers() {
+    let mut config = test_config();
+    config.media.workers = 2;
+    let server = TestServer::start_with(config).await;
+    let load = |worker: &str| {
+        server
+            .state
+            .metrics
+            .media_worker_load
+            .with_label_values(&[worker])
+            .get()
+    };
+    let first = two_party_call(&server, "first").await;
+    let second = two_party_call(&server, "second").await;
+    // Each worker runs one room (a unit of load) and its two participants; media flows in both.
+    assert_eq!((load("0"), load("1")), (3, 3));
+    let scrape = server.state.metrics.render();
+    assert!(
+        scrape.contains(r#"plaza_media_worker_load{worker="1"} 3"#),
+        "exported: {scrape}"
+    );
+    common::leave_all([first.0, first.1, second.0, second.1]).await;
+    server.assert_drained().await;
+    assert_eq!(
+        (load("0"), load("1")),
+        (0, 0),
+        "closed rooms give their load back"
+    );
 }

@@ -219,11 +219,7 @@ impl RoomTask {
                     let now = state.members.len();
                     let before = participants.swap(now, Ordering::Relaxed);
                     // The worker's load counts participants (see workers.rs).
-                    if now > before {
-                        self.placement.load.fetch_add(now - before, Ordering::Relaxed);
-                    } else {
-                        self.placement.load.fetch_sub(before - now, Ordering::Relaxed);
-                    }
+                    self.placement.load.add(now as i64 - before as i64);
                     if state.members.is_empty() {
                         break;
                     }
@@ -274,10 +270,8 @@ impl RoomTask {
             .sub(state.router.consumer_count() as i64);
         state.metrics.participants.sub(state.members.len() as i64);
         // Give back the room's unit of load and its members'.
-        self.placement.load.fetch_sub(
-            1 + participants.swap(0, Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        let members = participants.swap(0, Ordering::Relaxed);
+        self.placement.load.sub(1 + members as i64);
         self.metrics.rooms.dec();
         info!("room closed");
     }

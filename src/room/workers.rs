@@ -11,12 +11,13 @@
 //!
 //! HTTP, WebSocket signalling and the shared UDP socket's reader stay on the main runtime.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use prometheus::IntGauge;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
 
 /// The media worker threads, stopped when dropped.
 pub struct Workers {
@@ -25,8 +26,9 @@ pub struct Workers {
 
 struct Worker {
     runtime: Handle,
-    /// The rooms this worker runs plus their participants: where the next room goes.
-    load: Arc<AtomicUsize>,
+    /// The rooms this worker runs plus their participants: where the next room goes
+    /// (`plaza_media_worker_load`).
+    load: IntGauge,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,18 +38,23 @@ struct Worker {
 #[derive(Clone)]
 pub struct Placement {
     pub runtime: Handle,
-    pub load: Arc<AtomicUsize>,
+    pub load: IntGauge,
 }
 
 impl Workers {
     /// Starts `count` worker threads, or one per available core when `count` is 0.
-    pub fn start(count: usize) -> std::io::Result<Workers> {
+    pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Workers> {
         let count = match count {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let workers = (0..count)
-            .map(Worker::start)
+            .map(|i| {
+                let load = metrics
+                    .media_worker_load
+                    .with_label_values(&[&i.to_string()]);
+                Worker::start(i, load)
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Workers { workers })
     }
@@ -66,9 +73,9 @@ impl Workers {
         let w = self
             .workers
             .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .min_by_key(|w| w.load.get())
             .expect("at least one worker is started");
-        w.load.fetch_add(1, Ordering::Relaxed);
+        w.load.inc();
         Placement {
             runtime: w.runtime.clone(),
             load: w.load.clone(),
@@ -77,7 +84,7 @@ impl Workers {
 }
 
 impl Worker {
-    fn start(index: usize) -> std::io::Result<Worker> {
+    fn start(index: usize, load: IntGauge) -> std::io::Result<Worker> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -97,7 +104,7 @@ impl Worker {
             })?;
         Ok(Worker {
             runtime: handle,
-            load: Arc::new(AtomicUsize::new(0)),
+            load,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -129,39 +136,28 @@ mod tests {
 
     #[test]
     fn a_new_room_goes_to_the_least_loaded_worker() {
-        let workers = Workers::start(3).unwrap();
+        let metrics = Metrics::new();
+        let workers = Workers::start(3, &metrics).unwrap();
         assert_eq!(workers.len(), 3);
-        let first = workers.place();
-        first.load.fetch_add(5, Ordering::Relaxed); // five participants joined
-        let second = workers.place();
-        assert!(!Arc::ptr_eq(&first.load, &second.load));
-        second.load.fetch_add(2, Ordering::Relaxed);
-        let third = workers.place();
-        assert!(!Arc::ptr_eq(&third.load, &first.load));
-        assert!(!Arc::ptr_eq(&third.load, &second.load));
-        assert_eq!(
-            third.load.load(Ordering::Relaxed),
-            1,
-            "an empty room counts"
-        );
-        let fourth = workers.place();
-        assert!(
-            Arc::ptr_eq(&fourth.load, &third.load),
-            "2 rooms < 1 + 2 < 1 + 5"
-        );
-        assert_eq!(fourth.load.load(Ordering::Relaxed), 2);
+        let load = |w: &str| metrics.media_worker_load.with_label_values(&[w]).get();
+        workers.place().load.add(5); // a room on worker 0, and five participants joined it
+        workers.place().load.add(2); // worker 1: a room and two participants
+        workers.place(); // worker 2: a room nobody joined yet
+        assert_eq!((load("0"), load("1"), load("2")), (6, 3, 1));
+        workers.place();
+        assert_eq!(load("2"), 2, "two empty rooms (2) < 1 + 2 < 1 + 5");
     }
 
     #[test]
     fn zero_means_one_worker_per_core() {
-        let workers = Workers::start(0).unwrap();
+        let workers = Workers::start(0, &Metrics::new()).unwrap();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(workers.len(), cores);
     }
 
     #[test]
     fn work_runs_on_the_worker_thread_and_stops_with_it() {
-        let workers = Workers::start(1).unwrap();
+        let workers = Workers::start(1, &Metrics::new()).unwrap();
         let placement = workers.place();
         let (tx, rx) = std::sync::mpsc::channel();
         placement.runtime.spawn(async move {
