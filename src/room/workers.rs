@@ -59,12 +59,9 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
     }
 
     /// The least loaded worker, for a new room. Rooms do not move: a call that grows stays

@@ -634,11 +634,12 @@ impl Peer {
 
     pub async fn close(&self) {
         let pc = self.pc.clone();
-        match on_worker(&self.runtime, async move { pc.close().await }).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "closing peer connection"),
-            // The server is stopping; the worker drops the connection's tasks itself.
-            Err(e) => tracing::debug!(error = %e, "closing peer connection"),
+        // A stopped worker (the server is shutting down) drops the connection's tasks itself.
+        let closed = on_worker(&self.runtime, async move { pc.close().await })
+            .await
+            .and_then(|closed| closed.map_err(RtcError::from));
+        if let Err(e) = closed {
+            tracing::debug!(error = %e, "closing peer connection");
         }
     }
 }
