@@ -13,6 +13,7 @@
 //!   the participant's peer connection and negotiation.
 //! - [`server`]: HTTP (static client, `/healthz`, signalling, `/metrics`) and `run`.
 //! - [`config`] and [`metrics`]: one typed configuration tree; every Prometheus collector.
+//! - [`logs`]: the log's rate limit, and the SRTP rejections webrtc-rs only logs, counted.
 //!
 //! Client side, never used by the server: [`client`], a headless participant (WebSocket
 //! signalling and a webrtc-rs peer), and [`load`], the engine of the `plaza-load` tool.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod forward;
 pub mod load;
+pub mod logs;
 pub mod metrics;
 pub mod room;
 pub mod rtc;

@@ -99,24 +99,9 @@ async fn healthcheck(port: u16) -> anyhow::Result<()> {
     }
 }
 
-/// webrtc-rs logs routine events (a closing peer connection, a stray packet) as warnings; they
-/// say nothing to an operator. Unless the filter mentions webrtc, only its errors are shown.
-const QUIET_WEBRTC: &str = "webrtc=error,webrtc_ice=error,webrtc_dtls=error,webrtc_srtp=error,\
-                            webrtc_mdns=error,webrtc_sctp=error,interceptor=error";
-
 fn init_logging(config: &Config) {
-    let level = if config.log.level.contains("webrtc") {
-        config.log.level.clone()
-    } else {
-        format!("{},{QUIET_WEBRTC}", config.log.level)
-    };
-    let filter = tracing_subscriber::EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    plaza::logs::init(&config.log.level, config.log.format == "json");
+    tokio::spawn(plaza::logs::report_suppressed());
 }
 
 async fn shutdown_signal() {

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub rtp_packets: IntCounterVec,
     pub rtp_bytes: IntCounterVec,
     pub dropped_packets: IntCounterVec,
+    pub rejected_datagrams: IntCounterVec,
     pub keyframe_requests: IntCounterVec,
     pub nacks_received: IntCounterVec,
     pub nacks_sent: IntCounterVec,
@@ -34,6 +35,7 @@ pub struct Metrics {
     pub join_to_first_media: Histogram,
     pub forward_delay: Histogram,
     pub udp_receive_buffer_errors: IntCounter,
+    pub log_lines_suppressed: IntCounter,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
 }
@@ -136,6 +138,21 @@ impl Metrics {
                 "RTP packets not forwarded to a subscriber, by reason.",
                 &["reason"],
             ),
+            rejected_datagrams: {
+                let c = counter(
+                    "plaza_rejected_datagrams_total",
+                    "Datagrams on the media port dropped before the WebRTC stack, by reason.",
+                    &["reason"],
+                );
+                // Every reason exists from the start, so the first one after a restart shows.
+                for r in crate::rtc::DatagramRejection::ALL {
+                    c.with_label_values(&[r.as_str()]);
+                }
+                for r in crate::logs::SrtpRejection::ALL {
+                    c.with_label_values(&[r.as_str()]);
+                }
+                c
+            },
             keyframe_requests: counter(
                 "plaza_keyframe_requests_total",
                 "Keyframe requests received from subscribers and sent to publishers, by type.",
@@ -178,6 +195,17 @@ impl Metrics {
                 vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
             ),
             udp_receive_buffer_errors,
+            log_lines_suppressed: {
+                let c = IntCounter::new(
+                    "plaza_log_lines_suppressed_total",
+                    "WARN and ERROR log lines left out by the per-call-site rate limit.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("registered once");
+                c
+            },
             retransmissions: counter(
                 "plaza_retransmissions_total",
                 "Packets subscribers asked for again (NACK): sent from history, or no longer there.",
@@ -200,10 +228,12 @@ impl Metrics {
     /// The registry in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         if let Some(kernel) = read_udp_rcvbuf_errors() {
-            let seen = self.udp_receive_buffer_errors.get();
-            if kernel > seen {
-                self.udp_receive_buffer_errors.inc_by(kernel - seen);
-            }
+            catch_up(&self.udp_receive_buffer_errors, kernel);
+        }
+        catch_up(&self.log_lines_suppressed, crate::logs::suppressed_lines());
+        for r in crate::logs::SrtpRejection::ALL {
+            let counter = self.rejected_datagrams.with_label_values(&[r.as_str()]);
+            catch_up(&counter, r.count());
         }
         let mut out = Vec::new();
         TextEncoder::new()
@@ -226,6 +256,14 @@ impl Metrics {
         let gauge = self.tasks.with_label_values(&[role]);
         gauge.inc();
         TaskGuard(gauge)
+    }
+}
+
+/// Raises `counter` to `total`, a count kept elsewhere since the process started.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
     }
 }
 

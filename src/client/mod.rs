@@ -179,6 +179,8 @@ pub struct Client {
     pub shared: Arc<Shared>,
     pub pc: Arc<RTCPeerConnection>,
     mux: Arc<UDPMuxDefault>,
+    /// The address of this client's one UDP socket: where its media comes from.
+    pub media_addr: std::net::SocketAddr,
     /// This client's network: cut it, or make it lossy.
     pub net: Arc<net::NetworkControl>,
     out: mpsc::UnboundedSender<Message>,
@@ -214,6 +216,7 @@ impl Client {
     pub async fn connect(url: &str, name: &str, options: &ClientOptions) -> Client {
         let connected_at = Instant::now();
         let socket = loopback_socket();
+        let media_addr = socket.local_addr().expect("a bound socket");
         let net = Arc::new(net::NetworkControl::default());
         let mux = UDPMuxDefault::new(UDPMuxParams::new(net::CuttableSocket::new(
             socket,
@@ -470,6 +473,7 @@ impl Client {
             shared,
             pc,
             mux,
+            media_addr,
             net,
             out,
             audio,

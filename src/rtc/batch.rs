@@ -20,9 +20,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use prometheus::{IntCounter, IntCounterVec};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use webrtc::util::Conn;
+
+use super::guard::Rejection;
 
 /// The kernel's limits for one GSO send: at most 64 segments, and one IP datagram's payload.
 const MAX_SEGMENTS: usize = 64;
@@ -159,14 +162,30 @@ async fn send_segments(_: &UdpSocket, _: &[u8], _: &[Queued]) -> io::Result<usiz
 }
 
 /// The mux's socket: sends are batched inside [`with_send_batching`], immediate elsewhere.
+/// What it receives passes [`super::guard::admit`] first.
 pub struct BatchingSocket {
     socket: Arc<UdpSocket>,
+    /// Refused datagrams by reason, in [`super::guard::Rejection::ALL`]'s order.
+    rejected: [IntCounter; 3],
 }
 
 impl BatchingSocket {
-    pub fn new(socket: UdpSocket) -> Self {
+    pub fn new(socket: UdpSocket, rejected: IntCounterVec) -> Self {
         Self {
             socket: Arc::new(socket),
+            rejected: Rejection::ALL.map(|r| rejected.with_label_values(&[r.as_str()])),
+        }
+    }
+
+    /// Receives the next datagram that the stack can safely parse; the others are counted and
+    /// dropped here.
+    async fn recv_admitted(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            match super::guard::admit(&buf[..n]) {
+                Ok(()) => return Ok((n, from)),
+                Err(reason) => self.rejected[reason as usize].inc(),
+            }
         }
     }
 }
@@ -197,11 +216,11 @@ impl Conn for BatchingSocket {
     }
 
     async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
-        Ok(self.socket.recv(buf).await?)
+        Ok(self.recv_admitted(buf).await?.0)
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
-        Ok(self.socket.recv_from(buf).await?)
+        Ok(self.recv_admitted(buf).await?)
     }
 
     async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
@@ -235,6 +254,10 @@ impl Conn for BatchingSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_counters() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("rejected", "test"), &["reason"]).unwrap()
+    }
 
     fn queued(sizes: &[(usize, u16)]) -> Vec<Queued> {
         let mut start = 0;
@@ -273,7 +296,7 @@ mod tests {
     #[tokio::test]
     async fn a_flushed_batch_arrives_complete_and_in_order_per_destination() {
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let conn = BatchingSocket::new(server);
+        let conn = BatchingSocket::new(server, test_counters());
         let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
@@ -319,8 +342,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refused_datagrams_are_counted_and_the_next_good_one_is_received() {
+        let counters = test_counters();
+        let conn = BatchingSocket::new(
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            counters.clone(),
+        );
+        let attacker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = conn.local_addr().unwrap();
+        // The forged RTP of issue 11, a non-WebRTC byte, then a STUN header.
+        let forged = [
+            0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0x10, 0, 0, 1, 1, 0xc8, 0, 0,
+        ];
+        attacker.send_to(&forged, to).await.unwrap();
+        attacker.send_to(&[0xff; 30], to).await.unwrap();
+        attacker.send_to(&[0, 1, 0, 0], to).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.recv_from(&mut buf))
+                .await
+                .expect("the STUN datagram is received within 5 s")
+                .unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&[0u8, 1, 0, 0][..], attacker.local_addr().unwrap())
+        );
+        assert_eq!(counters.with_label_values(&["malformed_rtp"]).get(), 1);
+        assert_eq!(counters.with_label_values(&["not_webrtc"]).get(), 1);
+    }
+
+    #[tokio::test]
     async fn outside_a_batch_sends_go_out_at_once() {
-        let conn = BatchingSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let conn = BatchingSocket::new(
+            UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            test_counters(),
+        );
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         conn.send_to(b"now", peer.local_addr().unwrap())
             .await

@@ -1,115 +1,71 @@
-//! A client's trickled ICE candidates: held back while the client's own connectivity checks
-//! connect us, and used only if they have not done so in time.
+//! A client's trickled ICE candidates: checked, counted, and never contacted.
 //!
-//! Plaza's address is advertised and reachable, so a client's first check tells us its address
-//! (a peer-reflexive candidate): that is all ICE-lite servers ever use, and it connects at
-//! once. Adding a trickled candidate as well slows joins: when it arrives after that first
-//! check, webrtc-ice 0.17 holds a second, never-checked pair for the same address, ranks it
-//! above the working one, and waits a whole check interval (200 ms) before it nominates. But
-//! the client's checks can also be over before we listen (an overloaded server applying the
-//! answer late, a client that gives up on a pair after a few unanswered checks); then only our
-//! own checks towards its candidates connect us. So candidates are held for [`GRACE`] after
-//! the first answer, and used from then on if ICE has not connected by itself.
+//! Plaza sends nothing to an address that only a client named. A trickled candidate is such an
+//! address: had the server checked it, anyone could make Plaza send STUN to any host and port
+//! (about eight checks per candidate, five times the bytes the client sent: a reflector).
+//! Nothing is lost by ignoring them: Plaza's own address is advertised and reachable, so the
+//! client's connectivity checks reach it and tell it the client's address (a peer-reflexive
+//! candidate), which those checks have just authenticated with the session's ICE password. That
+//! is all ICE-lite servers such as mediasoup's ever use; it connects as soon as the first check
+//! arrives, and the client keeps checking until it does.
+//!
+//! Candidates are still parsed, so a client with a broken ICE stack hears about it, and there
+//! are at most [`MAX_PER_SESSION`] of them over the connection's whole life.
 
-use std::sync::{Mutex, Weak};
-use std::time::Duration;
-
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
-use webrtc::peer_connection::RTCPeerConnection;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::peer::IceCandidate;
 use super::RtcError;
 
-/// How long the client's own checks have to connect us before its candidates are used.
-pub const GRACE: Duration = Duration::from_millis(1000);
+/// Candidates a connection may trickle in its life: a client has a handful (one per interface
+/// and server, per address family, per ICE restart).
+pub const MAX_PER_SESSION: usize = 64;
 
-/// At most this many candidates are held; a client has a handful (one per interface and
-/// server, per address family).
-const MAX_HELD: usize = 64;
-
-enum State {
-    Holding(Vec<RTCIceCandidateInit>),
-    /// The grace is over: candidates go to the peer connection as they arrive.
-    Passing,
-}
-
+#[derive(Default)]
 pub struct RemoteCandidates {
-    state: Mutex<State>,
-}
-
-impl Default for RemoteCandidates {
-    fn default() -> Self {
-        Self {
-            state: Mutex::new(State::Holding(Vec::new())),
-        }
-    }
+    received: AtomicUsize,
 }
 
 impl RemoteCandidates {
-    /// Checks and holds a candidate, or adds it to `pc` (which checks it) once the grace is over.
-    pub async fn add(&self, pc: &RTCPeerConnection, c: IceCandidate) -> Result<(), RtcError> {
-        let init = RTCIceCandidateInit {
-            candidate: c.candidate,
-            sdp_mid: c.sdp_mid,
-            sdp_mline_index: c.sdp_m_line_index,
-            username_fragment: c.username_fragment,
-        };
-        {
-            let mut state = self.lock();
-            if let State::Holding(held) = &mut *state {
-                let value = init
-                    .candidate
-                    .strip_prefix("candidate:")
-                    .unwrap_or(&init.candidate);
-                webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
-                    .map_err(|e| RtcError::BadCandidate(e.to_string()))?;
-                if held.len() >= MAX_HELD {
-                    return Err(RtcError::BadCandidate(format!(
-                        "more than {MAX_HELD} candidates before ICE could use them"
-                    )));
-                }
-                held.push(init);
-                return Ok(());
-            }
+    /// Checks a candidate's syntax and counts it against the connection's limit.
+    pub fn add(&self, c: &IceCandidate) -> Result<(), RtcError> {
+        if self.received.fetch_add(1, Ordering::Relaxed) >= MAX_PER_SESSION {
+            return Err(RtcError::BadCandidate(format!(
+                "more than {MAX_PER_SESSION} candidates on one connection"
+            )));
         }
-        pc.add_ice_candidate(init)
-            .await
+        let value = c
+            .candidate
+            .strip_prefix("candidate:")
+            .unwrap_or(&c.candidate);
+        webrtc::ice::candidate::candidate_base::unmarshal_candidate(value)
+            .map(drop)
             .map_err(|e| RtcError::BadCandidate(e.to_string()))
     }
+}
 
-    /// Starts the grace period; call when the first answer has been applied (ICE starts then).
-    /// When it ends, the held candidates are added unless ICE connected by itself.
-    pub fn start_grace(self: &std::sync::Arc<Self>, pc: Weak<RTCPeerConnection>) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(GRACE).await;
-            let held = match std::mem::replace(&mut *this.lock(), State::Passing) {
-                State::Holding(held) => held,
-                State::Passing => return,
-            };
-            let Some(pc) = pc.upgrade() else { return };
-            if matches!(
-                pc.ice_connection_state(),
-                RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
-            ) {
-                return;
-            }
-            tracing::debug!(
-                candidates = held.len(),
-                "ICE has not connected on the client's checks: using its candidates"
-            );
-            for init in held {
-                if let Err(e) = pc.add_ice_candidate(init).await {
-                    tracing::debug!(error = %e, "held candidate rejected");
-                }
-            }
-        });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(text: &str) -> IceCandidate {
+        IceCandidate {
+            candidate: text.to_owned(),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: None,
+            username_fragment: None,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    #[test]
+    fn candidates_are_parsed_and_limited_over_the_connections_life() {
+        let c = RemoteCandidates::default();
+        let good = candidate("candidate:1 1 udp 2122260223 192.0.2.7 50000 typ host");
+        assert!(c.add(&candidate("candidate:garbage")).is_err());
+        for _ in 1..MAX_PER_SESSION {
+            c.add(&good).expect("within the limit");
+        }
+        let e = c.add(&good).expect_err("one too many");
+        assert!(e.to_string().contains("more than 64"), "{e}");
     }
 }

@@ -7,9 +7,11 @@
 //! into RTP on subscribers' tracks (egress). Callbacks hold no strong reference to their peer
 //! connection (a cycle there is webrtc-rs's classic leak); every read loop ends on error.
 
+mod answer;
 mod batch;
 mod candidates;
 mod egress;
+mod guard;
 mod peer;
 pub mod stun;
 mod telemetry;
@@ -22,7 +24,9 @@ use std::time::Duration;
 use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 
+pub use answer::check_answer;
 pub use batch::{flush as flush_sends, with_send_batching};
+pub use guard::{admit as admit_datagram, Rejection as DatagramRejection};
 pub use peer::{
     CodecSpec, EgressWriter, Feedback, IceCandidate, IncomingSlot, IncomingTrack, OutgoingTrack,
     Peer, PeerEvent, PeerState,
@@ -77,7 +81,8 @@ impl RtcEngine {
         let udp_addr = socket
             .local_addr()
             .map_err(|source| RtcError::Bind { addr, source })?;
-        let mux = UDPMuxDefault::new(UDPMuxParams::new(batch::BatchingSocket::new(socket)));
+        let socket = batch::BatchingSocket::new(socket, metrics.rejected_datagrams.clone());
+        let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
         let port_range = match config.rtc.udp_port_range[..] {
             [first, last] => Some((first, last)),
             _ => None,

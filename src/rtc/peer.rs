@@ -102,6 +102,37 @@ pub struct IncomingTrack {
     receiver: Arc<webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver>,
     /// The connection's media worker, where the track is read.
     runtime: Handle,
+    heard: Arc<MediaHeard>,
+}
+
+/// When RTP last arrived on any of a connection's incoming tracks: a publisher whose tracks
+/// fall silent while its connection stays up has lost its media path (see
+/// [`Peer::media_heard_at`]).
+pub struct MediaHeard {
+    origin: std::time::Instant,
+    /// Milliseconds after `origin`, plus one; 0 until the first packet.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl MediaHeard {
+    fn new() -> Self {
+        Self {
+            origin: std::time::Instant::now(),
+            last: Default::default(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64 + 1;
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last_at(&self) -> Option<std::time::Instant> {
+        match self.last.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.origin + Duration::from_millis(ms - 1)),
+        }
+    }
 }
 
 impl std::fmt::Debug for IncomingTrack {
@@ -124,13 +155,14 @@ impl IncomingTrack {
         F: FnMut(RtpPacket) -> bool + Send + 'static,
     {
         let (rtp_guard, rtcp_guard) = guards;
-        let remote = self.remote;
+        let (remote, heard) = (self.remote, self.heard);
         self.runtime.spawn(async move {
             let _guard = rtp_guard;
             // One buffer for the track's life: `read_rtp` would allocate and zero a fresh one
             // per packet. The packet's payload is copied out of it, so it can be reused.
             let mut buffer = vec![0u8; INGEST_BUFFER_BYTES];
             while let Ok((packet, _)) = remote.read(&mut buffer).await {
+                heard.touch();
                 let h = packet.header;
                 let ours = RtpPacket {
                     payload_type: h.payload_type,
@@ -218,6 +250,7 @@ pub struct Peer {
     /// Its outgoing streams' SRTP writers, for the tracks it sends.
     outgoing_streams: Arc<OutgoingStreams>,
     candidates: Arc<RemoteCandidates>,
+    heard: Arc<MediaHeard>,
     metrics: Metrics,
     _counted: PeerCounted,
 }
@@ -374,6 +407,8 @@ impl RtcEngine {
         }));
         let tx = events;
         let track_runtime = runtime.clone();
+        let heard = Arc::new(MediaHeard::new());
+        let track_heard = heard.clone();
         pc.on_track(Box::new(move |remote, receiver, transceiver| {
             let codec = remote.codec().capability;
             let track = IncomingTrack {
@@ -397,6 +432,7 @@ impl RtcEngine {
                 remote,
                 receiver,
                 runtime: track_runtime.clone(),
+                heard: track_heard.clone(),
             };
             let _ = tx.send(PeerEvent::Track(track));
             Box::pin(async {})
@@ -407,6 +443,7 @@ impl RtcEngine {
             runtime,
             outgoing_streams,
             candidates: Arc::default(),
+            heard,
             metrics: self.metrics.clone(),
             _counted: counted,
         })
@@ -572,36 +609,29 @@ impl Peer {
 
     /// Applies the remote answer to our last offer.
     ///
-    /// The answer is checked against the offer first: webrtc-rs changes its signaling state
-    /// before all of its own checks have run, so a hostile answer it rejects late can still
-    /// consume the offer. Anything that passes here is well-formed enough to apply.
+    /// The answer is checked against the offer first (`answer.rs`): webrtc-rs applies some
+    /// answers it cannot negotiate after, and consumes the offer before some of its own checks.
     pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
-        let (pc, candidates) = (self.pc.clone(), self.candidates.clone());
+        let pc = self.pc.clone();
         on_worker(&self.runtime, async move {
             let offer = pc
                 .pending_local_description()
                 .await
                 .ok_or_else(|| RtcError::BadDescription("no offer is outstanding".into()))?;
-            check_answer_matches_offer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
+            super::answer::check_answer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
             let answer = RTCSessionDescription::answer(sdp)
                 .map_err(|e| RtcError::BadDescription(e.to_string()))?;
-            let first = pc.remote_description().await.is_none();
             pc.set_remote_description(answer)
                 .await
-                .map_err(|e| RtcError::BadDescription(e.to_string()))?;
-            if first {
-                candidates.start_grace(Arc::downgrade(&pc));
-            }
-            Ok(())
+                .map_err(|e| RtcError::BadDescription(e.to_string()))
         })
         .await?
     }
 
-    /// Checks one of the client's trickled candidates; it is used only if the client's own
-    /// checks have not connected us soon after the first answer (see `candidates.rs`).
-    pub async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
-        let (pc, candidates) = (self.pc.clone(), self.candidates.clone());
-        on_worker(&self.runtime, async move { candidates.add(&pc, c).await }).await?
+    /// Checks one of the client's trickled candidates; the server never contacts it (see
+    /// `candidates.rs`).
+    pub fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), RtcError> {
+        self.candidates.add(&c)
     }
 
     /// True while our last offer still waits for its answer.
@@ -626,6 +656,11 @@ impl Peer {
                 .with_label_values(&["out", "pli"])
                 .inc();
         }
+    }
+
+    /// When RTP last arrived on any incoming track of this connection; `None` before the first.
+    pub fn media_heard_at(&self) -> Option<std::time::Instant> {
+        self.heard.last_at()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -654,58 +689,6 @@ async fn on_worker<T: Send + 'static>(
         .spawn(work)
         .await
         .map_err(|_| RtcError::WorkerStopped)
-}
-
-/// An answer must carry, for each of the offer's m-lines in order, one of the same kind and mid,
-/// and the ICE credentials and DTLS fingerprint without which it cannot connect.
-fn check_answer_matches_offer(offer: &str, answer: &str) -> Result<(), String> {
-    use webrtc::sdp::description::session::SessionDescription;
-    let parse = |text: &str| SessionDescription::unmarshal(&mut std::io::Cursor::new(text));
-    let offer = parse(offer).map_err(|e| format!("our own offer does not parse: {e}"))?;
-    let answer = parse(answer).map_err(|e| format!("not a valid SDP: {e}"))?;
-    if answer.media_descriptions.len() != offer.media_descriptions.len() {
-        return Err(format!(
-            "the answer has {} m-lines, the offer {}",
-            answer.media_descriptions.len(),
-            offer.media_descriptions.len()
-        ));
-    }
-    for (i, (o, a)) in offer
-        .media_descriptions
-        .iter()
-        .zip(&answer.media_descriptions)
-        .enumerate()
-    {
-        if a.media_name.media != o.media_name.media {
-            return Err(format!(
-                "m-line {i} is {:?}, offered {:?}",
-                a.media_name.media, o.media_name.media
-            ));
-        }
-        let mid = |m: &webrtc::sdp::description::media::MediaDescription| {
-            m.attribute("mid").flatten().map(str::to_owned)
-        };
-        if mid(a) != mid(o) {
-            return Err(format!(
-                "m-line {i} has mid {:?}, offered {:?}",
-                mid(a),
-                mid(o)
-            ));
-        }
-    }
-    let has = |key: &str| {
-        answer.attribute(key).is_some()
-            || answer
-                .media_descriptions
-                .iter()
-                .all(|m| m.attribute(key).flatten().is_some())
-    };
-    for key in ["ice-ufrag", "ice-pwd", "fingerprint"] {
-        if !has(key) {
-            return Err(format!("the answer has no a={key}"));
-        }
-    }
-    Ok(())
 }
 
 fn observe_reports(

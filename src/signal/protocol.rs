@@ -241,6 +241,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The server is shutting down and takes no new joins.
     ShuttingDown,
+    /// Your published, unmuted tracks brought no media for 20 s while your connection stayed
+    /// up: the server closes the session (reconnect to rejoin).
+    MediaTimeout,
     /// The server failed; the message says nothing more on purpose (see the server's log).
     Internal,
 }
@@ -265,6 +268,7 @@ impl ErrorCode {
             ErrorCode::UnknownParticipant => "unknown-participant",
             ErrorCode::RateLimited => "rate-limited",
             ErrorCode::ShuttingDown => "shutting-down",
+            ErrorCode::MediaTimeout => "media-timeout",
             ErrorCode::Internal => "internal",
         }
     }

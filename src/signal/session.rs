@@ -30,6 +30,11 @@ use crate::server::AppState;
 const MAX_ROOM_CHARS: usize = 64;
 const MAX_CID_CHARS: usize = 64;
 const MAX_CHAT_CHARS: usize = 4000;
+/// A publisher whose unmuted tracks bring no RTP for this long, while its connection stays up,
+/// has lost its media path (its SRTP reader failed, or its browser stopped sending): it is
+/// disconnected so that it reconnects, rather than stay in the room publishing nothing. Browsers
+/// send audio every 20-60 ms even when silent, and video at least once a second.
+const MEDIA_SILENCE_LIMIT: Duration = Duration::from_secs(20);
 
 /// Serves one WebSocket until it closes, the participant leaves, or a timeout removes it.
 pub async fn run_session(socket: WebSocket, state: AppState) {
@@ -43,6 +48,7 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
         joined: None,
         last_heard_at: Instant::now(),
         budget: TokenBucket::new(rate as f64, rate as f64 * 4.0),
+        negotiation_failed: false,
     };
     let end = loop {
         let deadline = session.next_deadline();
@@ -52,7 +58,8 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
             _ = tokio::time::sleep_until(deadline.into()) => Input::Tick,
             _ = &mut draining => Input::Shutdown,
         };
-        if let Some(end) = session.handle(event).await {
+        let end = session.handle(event).await;
+        if let Some(end) = end.or_else(|| session.negotiation_failed.then_some(End::PeerLost)) {
             break end;
         }
     };
@@ -73,6 +80,8 @@ enum End {
     Left,
     SocketClosed,
     PeerLost,
+    /// Connected, but its published media stopped arriving (see [`MEDIA_SILENCE_LIMIT`]).
+    MediaLost,
     TimedOut,
     ServerShutdown,
 }
@@ -81,7 +90,7 @@ impl End {
     fn reason(self) -> LeaveReason {
         match self {
             End::Left => LeaveReason::Left,
-            End::SocketClosed | End::PeerLost => LeaveReason::Disconnected,
+            End::SocketClosed | End::PeerLost | End::MediaLost => LeaveReason::Disconnected,
             End::TimedOut => LeaveReason::TimedOut,
             End::ServerShutdown => LeaveReason::ServerShutdown,
         }
@@ -105,6 +114,9 @@ struct Session {
     joined: Option<Joined>,
     last_heard_at: Instant,
     budget: TokenBucket,
+    /// The peer connection could not create an offer: it can never negotiate again, so the
+    /// session ends (the client reconnects) rather than stay in the room unable to change.
+    negotiation_failed: bool,
 }
 
 /// Messages a connection may send: `rate` per second on average, `burst` at once.
@@ -161,6 +173,8 @@ struct Publication {
     muted: bool,
     slot: IncomingSlot,
     started: bool,
+    /// Since when this track is expected to carry media: it started, or was unmuted.
+    live_since: Option<Instant>,
 }
 
 struct Subscribed {
@@ -183,10 +197,17 @@ impl Session {
     fn next_deadline(&self) -> Instant {
         let t = &self.state.config.timeouts;
         let idle_at = self.last_heard_at + Duration::from_millis(t.session_idle_ms);
-        match self.joined.as_ref().and_then(|j| j.disconnected_since) {
-            Some(since) => idle_at.min(since + Duration::from_millis(t.peer_disconnected_ms)),
-            None => idle_at,
-        }
+        let Some(j) = self.joined.as_ref() else {
+            return idle_at;
+        };
+        let lost_at = j
+            .disconnected_since
+            .map(|since| since + Duration::from_millis(t.peer_disconnected_ms));
+        [Some(idle_at), lost_at, j.media_silent_at()]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the idle deadline is always there")
     }
 
     async fn handle(&mut self, input: Input) -> Option<End> {
@@ -239,7 +260,15 @@ impl Session {
             .is_some_and(|since| {
                 now.duration_since(since) >= Duration::from_millis(t.peer_disconnected_ms)
             });
-        lost.then_some(End::TimedOut)
+        if lost {
+            return Some(End::TimedOut);
+        }
+        let silent = self
+            .joined
+            .as_ref()
+            .and_then(Joined::media_silent_at)
+            .is_some_and(|at| now >= at);
+        silent.then_some(End::MediaLost)
     }
 
     async fn handle_frame(&mut self, message: Message) -> Option<End> {
@@ -374,6 +403,9 @@ impl Session {
                     return Err(unknown_track(track_id));
                 };
                 p.muted = muted;
+                if !muted && p.started {
+                    p.live_since = Some(Instant::now());
+                }
                 if p.started {
                     j.tell_room(RoomCommand::Mute {
                         participant: j.id,
@@ -421,7 +453,6 @@ impl Session {
                 }
                 j.peer
                     .add_remote_candidate(c)
-                    .await
                     .map_err(|e| ClientError::new(ErrorCode::InvalidCandidate, e.to_string()))?;
             }
             ClientMessage::Chat { text, to } => {
@@ -594,7 +625,13 @@ impl Session {
         let sdp = match j.peer.create_offer().await {
             Ok(sdp) => sdp,
             Err(e) => {
-                warn!(parent: &j.span, error = %e, "cannot create an offer");
+                warn!(parent: &j.span, error = %e, "cannot create an offer: ending the session");
+                self.negotiation_failed = true;
+                self.send_error(ClientError::new(
+                    ErrorCode::Internal,
+                    "the server can no longer renegotiate this connection; reconnect to rejoin",
+                ))
+                .await;
                 return;
             }
         };
@@ -650,6 +687,16 @@ impl Session {
     }
 
     async fn finish(mut self, end: End) {
+        if let End::MediaLost = end {
+            self.send_error(ClientError::new(
+                ErrorCode::MediaTimeout,
+                format!(
+                    "no media arrived on your published tracks for {} s; reconnect to rejoin",
+                    MEDIA_SILENCE_LIMIT.as_secs()
+                ),
+            ))
+            .await;
+        }
         if let Some(j) = self.joined.take() {
             info!(parent: &j.span, ?end, "session ended");
             j.tell_room(RoomCommand::Leave {
@@ -674,6 +721,25 @@ impl Negotiation {
 }
 
 impl Joined {
+    /// When this publisher's media path counts as dead if nothing arrives before: the silence
+    /// limit after the last packet, or after its latest unmuted track went live.
+    fn media_silent_at(&self) -> Option<Instant> {
+        if !self.connected {
+            return None;
+        }
+        let live_since = self
+            .publications
+            .values()
+            .filter(|p| p.started && !p.muted)
+            .filter_map(|p| p.live_since)
+            .max()?;
+        let heard = self
+            .peer
+            .media_heard_at()
+            .map_or(live_since, |h| h.max(live_since));
+        Some(heard + MEDIA_SILENCE_LIMIT)
+    }
+
     async fn tell_room(&self, command: RoomCommand) {
         // The room outlives its members; a closed channel means the server is shutting down.
         let _ = self.room.commands.send(command).await;
@@ -698,6 +764,7 @@ impl Joined {
                     muted: r.muted,
                     slot,
                     started: false,
+                    live_since: None,
                 },
             );
             self.negotiation.mark_dirty();
@@ -718,6 +785,7 @@ impl Joined {
             return;
         }
         p.started = true;
+        p.live_since = Some(Instant::now());
         let info = TrackInfo {
             id: track_id,
             kind: p.kind,

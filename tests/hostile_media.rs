@@ -1,0 +1,161 @@
+//! Hostile datagrams at the media port: forged packets, from the attacker's own address and
+//! spoofed as a participant's, never harm a call in progress. Every refused datagram is counted.
+//!
+//! The spoofed packets go out through a raw socket, which needs root (CAP_NET_RAW): the test
+//! suite runs as root inside its own loopback-only network namespace (scripts/test.sh).
+
+mod common;
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use common::verify::stop_and_verify;
+use common::{wait_for, Client, ClientOptions, TestServer};
+
+/// The datagram of issue 11: RTP with a two-byte-header extension (profile 0x1000, one word)
+/// whose one element claims 200 bytes. webrtc-rs 0.17 panics parsing it, before SRTP
+/// authentication, in the SRTP read loop of whichever connection owns the source address.
+const FORGED_EXTENSION: [u8; 20] = [
+    0x90, 0x60, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x10, 0x00, 0x00, 0x01,
+    0x01, 0xc8, 0x00, 0x00,
+];
+
+/// SRTCP shorter than its own header and sender SSRC: an index out of bounds in webrtc-rs's
+/// `decrypt_rtcp`, also before authentication.
+const SHORT_RTCP: [u8; 5] = [0x80, 0xc8, 0x00, 0x01, 0x00];
+
+/// Other hostile shapes: a one-byte extension element running past the end, CSRCs that are
+/// not there, a truncated extension header, and a well-formed but unauthenticated packet.
+fn forged_datagrams() -> Vec<Vec<u8>> {
+    let mut one_byte_overrun = vec![0x90, 0x6f, 0, 9, 0, 0, 0, 1, 0, 0, 0, 3, 0xbe, 0xde, 0, 1];
+    one_byte_overrun.extend_from_slice(&[0x1f, 0, 0, 0, 1, 2]);
+    let mut well_formed = vec![0x80, 0x6f, 0, 9, 0, 0, 0, 1, 0, 0, 0, 3];
+    well_formed.extend_from_slice(&[0x55; 200]);
+    vec![
+        FORGED_EXTENSION.to_vec(),
+        SHORT_RTCP.to_vec(),
+        one_byte_overrun,
+        vec![0x8f, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0],
+        vec![0x90, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0x10],
+        well_formed,
+    ]
+}
+
+/// Sends `payload` as a UDP datagram from `from` to `to` through a raw IPv4 socket: any source
+/// address, as an attacker on the path (or one who spoofs) could.
+fn send_spoofed(from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255)))
+        .expect("a raw socket (the tests run as root in their own network namespace)");
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut packet = Vec::with_capacity(total);
+    // IPv4 header: the kernel fills in the checksum (and the id when zero).
+    packet.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        17,
+    ]);
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    // UDP header; a zero checksum means none (RFC 768).
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    raw.send_to(&packet, &SocketAddr::V4(to).into())
+        .expect("the raw send");
+}
+
+fn v4(addr: SocketAddr) -> SocketAddrV4 {
+    match addr {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => panic!("the tests use 127.0.0.1"),
+    }
+}
+
+/// Packets received so far on each of `c`'s tracks.
+fn received_per_track(c: &Client) -> Vec<(String, usize)> {
+    let mut v: Vec<_> = c
+        .received()
+        .into_iter()
+        .map(|(id, t)| (id, t.packets.len()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_datagrams_from_anyone_are_refused_and_the_call_goes_on() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
+    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
+    let ids = vec![ann.participant_id().await, bob.participant_id().await];
+    for c in [&ann, &bob] {
+        wait_for("the call to flow", Duration::from_secs(15), || {
+            c.flowing_tracks(20) == 2
+        })
+        .await;
+    }
+    let rejected = |reason: &str| server.counter("rejected_datagrams", &[reason]);
+    assert_eq!(rejected("malformed_rtp"), 0, "a clean call has none");
+
+    // From the attacker's own address, then spoofed as each participant (the address the
+    // server's SRTP sessions know them by), a few times over.
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let datagrams = forged_datagrams();
+    for _ in 0..5 {
+        for d in &datagrams {
+            attacker.send_to(d, server.udp).await.unwrap();
+            for victim in [&ann, &bob] {
+                send_spoofed(v4(victim.media_addr), v4(server.udp), d);
+            }
+        }
+    }
+    // 4 malformed RTP shapes and 1 malformed RTCP, 5 rounds, 3 sources each.
+    wait_for(
+        "every forged datagram to be refused and counted",
+        Duration::from_secs(5),
+        || rejected("malformed_rtp") == 4 * 5 * 3 && rejected("malformed_rtcp") == 5 * 3,
+    )
+    .await;
+
+    // Both still publish and receive: each one's SRTP read loop is alive.
+    for c in [&ann, &bob] {
+        let before = received_per_track(c);
+        assert_eq!(
+            before.len(),
+            2,
+            "{} receives the other's audio and video",
+            c.name
+        );
+        wait_for(
+            "every track to keep flowing after the forged datagrams",
+            Duration::from_secs(5),
+            || {
+                let now = received_per_track(c);
+                now.len() == 2 && now.iter().zip(&before).all(|(n, b)| n.1 >= b.1 + 20)
+            },
+        )
+        .await;
+        assert!(
+            c.messages_of("participant-left").is_empty(),
+            "{} lost nobody",
+            c.name
+        );
+    }
+    let clients = [ann, bob];
+    stop_and_verify(&clients, &ids).await;
+    common::leave_all(clients).await;
+    server.assert_drained().await;
+}
