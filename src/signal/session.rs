@@ -20,6 +20,7 @@ use super::protocol::{
     parse_client_message, ClientError, ClientMessage, ErrorCode, LeaveReason, MidBinding,
     PublishRequest, ServerMessage, TrackInfo, TrackSource, CLIENT_TYPES, PROTOCOL_VERSION,
 };
+use super::text;
 use crate::forward::{MediaKind, ParticipantId, TrackId};
 use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
 use crate::rtc::{
@@ -243,19 +244,15 @@ impl Session {
     }
 
     async fn handle_frame(&mut self, message: Message) -> Option<End> {
-        let text = match message {
-            Message::Text(text) => text,
+        match message {
             Message::Close(_) => return Some(End::SocketClosed),
+            // Control frames: tungstenite answers pings itself and keeps at most one pong
+            // pending, so they cost no queue; they only keep the session alive.
             Message::Ping(_) | Message::Pong(_) => return None,
-            Message::Binary(_) => {
-                self.send_error(ClientError::new(
-                    ErrorCode::MalformedMessage,
-                    "binary frames are not part of the protocol; send JSON text",
-                ))
-                .await;
-                return None;
-            }
-        };
+            Message::Text(_) | Message::Binary(_) => {}
+        }
+        // Every data frame spends from the budget, binary ones included: each costs an error
+        // reply, so a binary flood must be throttled like a text one.
         if !self.budget.take(Instant::now()) {
             let rate = self.state.config.limits.max_messages_per_second;
             self.send_error(ClientError::new(
@@ -265,6 +262,17 @@ impl Session {
             .await;
             return None;
         }
+        let text = match message {
+            Message::Text(text) => text,
+            _ => {
+                self.send_error(ClientError::new(
+                    ErrorCode::MalformedMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                ))
+                .await;
+                return None;
+            }
+        };
         let limit = self.state.config.limits.max_message_bytes;
         if text.len() > limit {
             self.send_error(ClientError::new(
@@ -425,13 +433,7 @@ impl Session {
                     .map_err(|e| ClientError::new(ErrorCode::InvalidCandidate, e.to_string()))?;
             }
             ClientMessage::Chat { text, to } => {
-                let chars = text.chars().count();
-                if chars == 0 || chars > MAX_CHAT_CHARS {
-                    return Err(ClientError::new(
-                        ErrorCode::InvalidMessage,
-                        format!("chat text must have 1 to {MAX_CHAT_CHARS} characters"),
-                    ));
-                }
+                check_chat(&text)?;
                 let (reply, answer) = oneshot::channel();
                 j.tell_room(RoomCommand::Chat {
                     from: j.id,
@@ -872,15 +874,46 @@ fn validate_publish<'a>(
     Ok(())
 }
 
+/// A display name or room name: 1 to `max_chars` characters, none of them hidden (see
+/// [`text`] for which and why).
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ClientError> {
     let chars = value.chars().count();
-    if chars == 0 || chars > max_chars || value.chars().any(char::is_control) {
+    if chars == 0 || chars > max_chars {
         return Err(ClientError::new(
             ErrorCode::InvalidMessage,
             format!("{field} must have 1 to {max_chars} printable characters"),
         ));
     }
-    Ok(())
+    text::check_label(value).map_err(|r| {
+        ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!(
+                "{field} must not contain control, format, bidi or zero-width characters: {}",
+                r.describe()
+            ),
+        )
+    })
+}
+
+/// A chat message: 1 to [`MAX_CHAT_CHARS`] characters; line breaks are `\n` only.
+fn check_chat(value: &str) -> Result<(), ClientError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_CHAT_CHARS {
+        return Err(ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!("chat text must have 1 to {MAX_CHAT_CHARS} characters"),
+        ));
+    }
+    text::check_chat(value).map_err(|r| {
+        ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!(
+                "chat text must not contain control (other than \\n), bidi or invisible \
+                 format characters: {}",
+                r.describe()
+            ),
+        )
+    })
 }
 
 fn unknown_track(track: TrackId) -> ClientError {
