@@ -6,11 +6,16 @@
 //! dirty; when no offer is outstanding, the server creates one offer covering all changes and
 //! waits for the client's answer before the next. webrtc-rs 0.17 cannot roll back a local
 //! offer, so this is not a convenience: it is the only safe design with one peer connection.
+//!
+//! Nothing a client does or fails to do can make its session hold unbounded memory: the room's
+//! events arrive on a bounded queue (the room removes a member that lets it overflow), every
+//! write to the WebSocket has a deadline (`timeouts.session_write_ms`), and a client that
+//! misses either is disconnected with close code 1008 `too-slow`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures::stream::{SplitSink, StreamExt};
 use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot};
@@ -22,7 +27,9 @@ use super::protocol::{
 };
 use super::text;
 use crate::forward::{MediaKind, ParticipantId, TrackId};
-use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
+use crate::room::{
+    IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription, SESSION_EVENT_QUEUE,
+};
 use crate::rtc::{
     Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
 };
@@ -31,6 +38,11 @@ use crate::server::AppState;
 const MAX_ROOM_CHARS: usize = 64;
 const MAX_CID_CHARS: usize = 64;
 const MAX_CHAT_CHARS: usize = 4000;
+/// The close frame's reason for a client that did not keep up (at most 123 bytes).
+const TOO_SLOW: &str = "too-slow: the client did not read its messages in time";
+/// The close frame's last chance: after a write deadline passed, the socket is probably still
+/// stuck, so the goodbye gets a short bound of its own.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one WebSocket until it closes, the participant leaves, or a timeout removes it.
 pub async fn run_session(socket: WebSocket, state: AppState) {
@@ -44,6 +56,7 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
         joined: None,
         last_heard_at: Instant::now(),
         budget: TokenBucket::new(rate as f64, rate as f64 * 4.0),
+        stalled: false,
     };
     let end = loop {
         let deadline = session.next_deadline();
@@ -55,6 +68,20 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
         };
         if let Some(end) = session.handle(event).await {
             break end;
+        }
+        if session.stalled {
+            // The write may have been stuck because the room had removed us meanwhile (a
+            // removed member's session ends within one write timeout): count it once, as
+            // what gave out first.
+            let removed = session
+                .joined
+                .as_ref()
+                .is_some_and(|j| j.room_events.is_closed());
+            break End::TooSlow(if removed {
+                Lag::EventQueueFull
+            } else {
+                Lag::WriteTimeout
+            });
         }
     };
     session.finish(end).await;
@@ -69,13 +96,25 @@ enum Input {
 }
 
 /// Why a session ends, and what the others are told.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Left,
     SocketClosed,
     PeerLost,
     TimedOut,
     ServerShutdown,
+    /// The client did not keep up with what the server sends it.
+    TooSlow(Lag),
+}
+
+/// What gave out when a client did not keep up; the `reason` label of
+/// `plaza_slow_client_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lag {
+    /// The room found this member's event queue full and removed it.
+    EventQueueFull,
+    /// One message could not be written within `timeouts.session_write_ms`.
+    WriteTimeout,
 }
 
 impl End {
@@ -83,7 +122,8 @@ impl End {
         match self {
             End::Left => LeaveReason::Left,
             End::SocketClosed | End::PeerLost => LeaveReason::Disconnected,
-            End::TimedOut => LeaveReason::TimedOut,
+            // To the others, a client that stopped taking its messages stopped responding.
+            End::TimedOut | End::TooSlow(_) => LeaveReason::TimedOut,
             End::ServerShutdown => LeaveReason::ServerShutdown,
         }
     }
@@ -106,6 +146,9 @@ struct Session {
     joined: Option<Joined>,
     last_heard_at: Instant,
     budget: TokenBucket,
+    /// A write missed its deadline: the session ends, and nothing more is written but a
+    /// close frame.
+    stalled: bool,
 }
 
 /// Messages a connection may send: `rate` per second on average, `burst` at once.
@@ -145,7 +188,15 @@ struct Joined {
     id: ParticipantId,
     room: RoomHandle,
     peer: Peer,
-    room_events: mpsc::UnboundedReceiver<SessionEvent>,
+    /// Bounded ([`SESSION_EVENT_QUEUE`]); closed by the room when it removes us.
+    room_events: mpsc::Receiver<SessionEvent>,
+    /// Unbounded, but bounded by construction: webrtc-rs's callbacks (src/rtc) send one event
+    /// per local candidate (a handful, gathered once), per connection-state change (a few,
+    /// paced by ICE's timers) and per published track that starts (at most
+    /// `limits.max_tracks_per_participant` per negotiation, and negotiations wait for this
+    /// session), and this session drains it continuously; every wait in between is bounded
+    /// (writes by `timeouts.session_write_ms`). A bounded queue would have to drop state
+    /// changes, or make webrtc-rs's callbacks wait on us.
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     publications: HashMap<TrackId, Publication>,
     subscriptions: HashMap<TrackId, Subscribed>,
@@ -197,7 +248,17 @@ impl Session {
                 self.last_heard_at = Instant::now();
                 self.handle_frame(message).await
             }
-            Input::Room(None) => Some(End::SocketClosed),
+            // The room drops a member's sender only when it removes the member for letting its
+            // queue overflow; the events still queued are moot then, so the check comes first.
+            Input::Room(None) => Some(End::TooSlow(Lag::EventQueueFull)),
+            Input::Room(Some(_))
+                if self
+                    .joined
+                    .as_ref()
+                    .is_some_and(|j| j.room_events.is_closed()) =>
+            {
+                Some(End::TooSlow(Lag::EventQueueFull))
+            }
             Input::Room(Some(event)) => {
                 self.handle_room_event(event).await;
                 // Changes that arrive together go into one offer.
@@ -483,7 +544,7 @@ impl Session {
         let joined_at = Instant::now();
         let id = self.state.ids.participant();
         let span = tracing::info_span!("participant", room = %room, participant = %id);
-        let (events_tx, room_events) = mpsc::unbounded_channel();
+        let (events_tx, room_events) = mpsc::channel(SESSION_EVENT_QUEUE);
         let (handle, accepted) = self
             .state
             .registry
@@ -636,9 +697,19 @@ impl Session {
     }
 
     async fn send(&mut self, message: ServerMessage) {
+        if self.stalled {
+            return;
+        }
         let text = serde_json::to_string(&message).expect("server messages always serialize");
-        // A failed send means the socket is gone; the read side will notice and end the session.
-        let _ = self.sink.send(Message::Text(text.into())).await;
+        let write = self.sink.send(Message::Text(text.into()));
+        match tokio::time::timeout(self.state.config.session_write_timeout(), write).await {
+            Ok(Ok(())) => {}
+            // The socket is gone; the read side will notice and end the session.
+            Ok(Err(_)) => {}
+            // The client is not reading: its socket buffers are full. Waiting longer would
+            // stop this session from taking the room's events, so it ends instead.
+            Err(_) => self.stalled = true,
+        }
     }
 
     async fn send_error(&mut self, e: ClientError) {
@@ -652,6 +723,14 @@ impl Session {
     }
 
     async fn finish(mut self, end: End) {
+        // The room counts the overflows it decides; write timeouts are counted here.
+        if end == End::TooSlow(Lag::WriteTimeout) {
+            self.state
+                .metrics
+                .slow_client_disconnects
+                .with_label_values(&["write_timeout"])
+                .inc();
+        }
         if let Some(j) = self.joined.take() {
             info!(parent: &j.span, ?end, "session ended");
             j.tell_room(RoomCommand::Leave {
@@ -660,8 +739,23 @@ impl Session {
             })
             .await;
             j.peer.close().await;
+        } else if let End::TooSlow(_) = end {
+            info!(?end, "session ended");
         }
-        let _ = self.sink.close().await;
+        // A client that does not read must not hold this task: the goodbye is bounded too.
+        let bound = self.state.config.session_write_timeout().min(CLOSE_TIMEOUT);
+        let sink = &mut self.sink;
+        let _ = tokio::time::timeout(bound, async move {
+            if let End::TooSlow(_) = end {
+                let frame = CloseFrame {
+                    code: close_code::POLICY,
+                    reason: TOO_SLOW.into(),
+                };
+                sink.send(Message::Close(Some(frame))).await?;
+            }
+            sink.close().await
+        })
+        .await;
     }
 }
 

@@ -119,6 +119,7 @@ impl TestServer {
             "keyframe_requests" => &m.keyframe_requests,
             "signal_errors" => &m.signal_errors,
             "retransmissions" => &m.retransmissions,
+            "slow_client_disconnects" => &m.slow_client_disconnects,
             other => panic!("no counter {other}"),
         };
         vec.with_label_values(labels).get()
