@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod mutate;
 pub mod verify;
 
 pub use plaza::client;
