@@ -81,6 +81,7 @@ pub struct TimeoutsConfig {
     pub ice_disconnected_ms: u64,
     pub ice_failed_ms: u64,
     pub session_idle_ms: u64,
+    pub session_write_ms: u64,
     pub shutdown_ms: u64,
 }
 
@@ -142,6 +143,7 @@ impl Default for TimeoutsConfig {
             ice_disconnected_ms: 5_000,
             ice_failed_ms: 25_000,
             session_idle_ms: 30_000,
+            session_write_ms: 10_000,
             shutdown_ms: 10_000,
         }
     }
@@ -277,6 +279,7 @@ impl Config {
             ),
             ("timeouts.ice_failed_ms", self.timeouts.ice_failed_ms),
             ("timeouts.session_idle_ms", self.timeouts.session_idle_ms),
+            ("timeouts.session_write_ms", self.timeouts.session_write_ms),
             ("timeouts.shutdown_ms", self.timeouts.shutdown_ms),
         ];
         for (key, value) in positive {
@@ -306,6 +309,11 @@ impl Config {
                 .parse()
                 .expect("validated: http.metrics_listen")
         })
+    }
+
+    /// How long one signalling message may take to reach a client's socket.
+    pub fn session_write_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeouts.session_write_ms)
     }
 
     pub fn keyframe_request_interval(&self) -> Duration {
@@ -379,6 +387,14 @@ mod tests {
         c.rtc.advertise_ips = vec!["not-an-ip".into()];
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("rtc.advertise_ips"), "{err}");
+
+        let mut c = Config::default();
+        c.timeouts.session_write_ms = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("timeouts.session_write_ms"));
 
         let mut c = Config::default();
         c.limits.max_message_bytes = 0;

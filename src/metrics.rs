@@ -38,6 +38,7 @@ pub struct Metrics {
     pub log_lines_suppressed: IntCounter,
     pub signal_messages: IntCounterVec,
     pub signal_errors: IntCounterVec,
+    pub slow_client_disconnects: IntCounterVec,
 }
 
 impl Metrics {
@@ -220,6 +221,12 @@ impl Metrics {
                 "plaza_signal_errors_total",
                 "Signalling errors sent to clients, by code.",
                 &["code"],
+            ),
+            slow_client_disconnects: counter(
+                "plaza_slow_client_disconnects_total",
+                "Signalling sessions ended because their client did not keep up with the messages \
+                 sent to it, by what gave out: event_queue_full or write_timeout.",
+                &["reason"],
             ),
             registry,
         }

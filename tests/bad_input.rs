@@ -1,14 +1,20 @@
 //! Bad input from one client gets a clear error with a stable code, the session goes on, and a
 //! call in progress in the same room never notices: malformed and oversized messages, unknown
-//! types and ids, messages out of order, hostile SDP and candidates, floods, garbage UDP.
+//! types and ids, messages out of order, hostile SDP and candidates, floods, garbage UDP,
+//! ids in non-canonical spellings, hidden characters in names and chat, binary floods, and a
+//! client that never reads what the server sends it.
 
 mod common;
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use common::verify::stop_and_verify;
 use common::{test_config, wait_for, Client, ClientOptions, TestServer};
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -240,5 +246,361 @@ async fn room_and_server_limits_are_enforced_with_their_codes() {
     c.send(json!({"type": "join", "version": 1, "room": "small", "name": "C"}));
     c.wait_message("joined", T, |m| m["type"] == "joined").await;
     common::leave_all([a, b, c]).await;
+    server.assert_drained().await;
+}
+
+/// Waits until Ann and Bob both receive both of each other's tracks.
+async fn call_flowing(clients: &[&Client]) {
+    for c in clients {
+        wait_for(
+            &format!("{}'s call to flow", c.name),
+            Duration::from_secs(15),
+            || c.flowing_tracks(20) == 2,
+        )
+        .await;
+    }
+}
+
+/// Asserts that media is still arriving at each client (50 more packets within `T`).
+async fn media_keeps_flowing(clients: &[&Client]) {
+    for c in clients {
+        let before = c.received_count();
+        wait_for(&format!("{}'s media to keep flowing", c.name), T, || {
+            c.received_count() > before + 50
+        })
+        .await;
+    }
+}
+
+/// Opens a WebSocket whose TCP receive buffer is tiny, joins `room` as `name` and returns the
+/// socket unread: a client that never reads its messages, whose server side backs up fast.
+async fn join_and_never_read(
+    http: SocketAddr,
+    room: &str,
+    name: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(http).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{http}/ws"), stream)
+        .await
+        .expect("websocket handshake");
+    let join = json!({"type": "join", "version": 1, "room": room, "name": name});
+    ws.send(Message::Text(join.to_string().into()))
+        .await
+        .unwrap();
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_disconnected_and_the_call_goes_on() {
+    let mut config = test_config();
+    // The room's queue overflows first (about half a second after Zed's socket stops taking
+    // data, at the rate below); the write timeout, tested on its own below, is the backstop
+    // that ends the stuck session after that.
+    config.timeouts.session_write_ms = 3000;
+    config.limits.max_messages_per_second = 2000;
+    let server = TestServer::start_with(config).await;
+    let url = server.ws_url();
+    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
+    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
+    let ids = vec![ann.participant_id().await, bob.participant_id().await];
+    call_flowing(&[&ann, &bob]).await;
+    let chatter = Client::join(&url, "call", "Chatty", quiet()).await;
+    chatter.participant_id().await;
+
+    let mut zed = join_and_never_read(server.http, "call", "Zed").await;
+    let joined = chatter
+        .wait_message("Zed to join", T, |m| {
+            m["type"] == "participant-joined" && m["participant"]["name"] == "Zed"
+        })
+        .await;
+    let zed_id = joined["participant"]["id"].as_str().unwrap().to_owned();
+
+    // Private chats to Zed at the rate limit: 8 MB/s that Zed never takes. Without bounds the
+    // server would hold all of it (its room queue and its socket buffers only grow).
+    let started = Instant::now();
+    let flood = {
+        let text = "z".repeat(4000);
+        let chats: Vec<String> = (0..200)
+            .map(|_| json!({"type": "chat", "text": text, "to": zed_id}).to_string())
+            .collect();
+        let out = chatter.sender();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                for c in &chats {
+                    if out.send(Message::Text(c.clone().into())).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let left = |c: &Client| {
+        c.messages_of("participant-left")
+            .into_iter()
+            .find(|m| m["participant_id"] == zed_id.as_str())
+    };
+    wait_for(
+        "the server to disconnect the client that never reads",
+        Duration::from_secs(15),
+        || left(&ann).is_some(),
+    )
+    .await;
+    flood.abort();
+    let took = started.elapsed();
+    assert_eq!(left(&ann).unwrap()["reason"], "timed-out");
+    let metric = |reason| server.counter("slow_client_disconnects", &[reason]);
+    assert_eq!(
+        (metric("event_queue_full"), metric("write_timeout")),
+        (1, 0),
+        "the room removed Zed for its full queue, and counted it once"
+    );
+    // What the server had for Zed is gone: its session task, its membership, its peer.
+    wait_for("the server to release Zed's session", T, || {
+        server
+            .state
+            .metrics
+            .tasks
+            .with_label_values(&["session"])
+            .get()
+            == 3
+            && server.gauge("participants") == 3
+            && server.gauge("peer_connections") == 3
+    })
+    .await;
+    eprintln!(
+        "non-reader disconnected after {took:?} of flooding (queue full: {}, write timeout: {})",
+        metric("event_queue_full"),
+        metric("write_timeout")
+    );
+
+    // Zed's socket ends: with close code 1008 "too-slow" when the close frame got through
+    // (when the socket was still stuck, the server just drops the connection).
+    let ended = tokio::time::timeout(T, async {
+        while let Some(frame) = zed.next().await {
+            match frame {
+                Ok(Message::Close(Some(close))) => return Some(close),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("Zed's socket to end within 5 s after the disconnect");
+    if let Some(close) = ended {
+        assert_eq!(close.code, CloseCode::Policy);
+        assert!(close.reason.starts_with("too-slow"), "{}", close.reason);
+    }
+
+    // The call never noticed: media on, complete and in order, nobody else left.
+    media_keeps_flowing(&[&ann, &bob]).await;
+    for c in [&ann, &bob] {
+        let lefts = c.messages_of("participant-left");
+        assert_eq!(lefts.len(), 1, "{} saw only Zed leave: {lefts:?}", c.name);
+    }
+    let clients = [ann, bob];
+    stop_and_verify(&clients, &ids).await;
+    common::leave_all(clients).await;
+    common::leave_all([chatter]).await;
+    server.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_errors_is_disconnected_before_joining() {
+    let mut config = test_config();
+    config.timeouts.session_write_ms = 500;
+    config.limits.max_messages_per_second = 100_000;
+    let server = TestServer::start_with(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.http).await.unwrap();
+    let url = format!("ws://{}/ws", server.http);
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    // Junk whose errors (each quoting a long unknown type) this client never reads.
+    let junk = json!({"type": "x".repeat(60), "pad": "y".repeat(1000)}).to_string();
+    let started = Instant::now();
+    let mut sent = 0;
+    while server.counter("slow_client_disconnects", &["write_timeout"]) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "timed out after 15 s waiting for the server to give up on a client that never \
+             reads ({sent} messages sent)"
+        );
+        // The server stops reading too once it stops; a failed send is the socket closing.
+        let send = tokio::time::timeout(
+            Duration::from_millis(100),
+            ws.send(Message::Text(junk.clone().into())),
+        );
+        match send.await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) => break,
+            Err(_) => {} // our own send buffer is full: the server is not reading either
+        }
+    }
+    wait_for("the session to end", T, || {
+        server
+            .state
+            .metrics
+            .tasks
+            .with_label_values(&["session"])
+            .get()
+            == 0
+    })
+    .await;
+    assert_eq!(
+        server.counter("slow_client_disconnects", &["write_timeout"]),
+        1
+    );
+    drop(ws);
+    server.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_count_against_the_rate_limit() {
+    let mut config = test_config();
+    config.limits.max_messages_per_second = 10; // a burst of 40
+    let server = TestServer::start_with(config).await;
+    let x = Client::connect(&server.ws_url(), "X", &quiet()).await;
+    for _ in 0..100 {
+        x.send_binary(vec![0xde, 0xad]);
+    }
+    wait_for("an error for each of 100 binary frames", T, || {
+        x.messages_of("error").len() >= 100
+    })
+    .await;
+    let codes: Vec<String> = x
+        .messages_of("error")
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_owned())
+        .collect();
+    let limited = codes.iter().filter(|c| *c == "rate-limited").count();
+    let malformed = codes.iter().filter(|c| *c == "malformed-message").count();
+    assert_eq!(limited + malformed, 100, "{codes:?}");
+    // The burst is 40, plus what refills while the frames arrive (10 per second).
+    assert!(
+        (40..=50).contains(&malformed) && limited >= 50,
+        "{malformed} binary frames went through the limit, {limited} were limited"
+    );
+    x.close().await;
+    server.assert_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_ids_and_hidden_characters_are_invalid_messages() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
+    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
+    let ids = vec![ann.participant_id().await, bob.participant_id().await];
+    call_flowing(&[&ann, &bob]).await;
+    let ann_n = ids[0].strip_prefix('p').unwrap().to_owned();
+
+    let x = Client::connect(&url, "Xavier", &quiet()).await;
+    let mut seen = 0;
+    // Names and room names with hidden characters: refused, naming the field.
+    for (field, c) in [
+        ("name", '\u{202E}'),
+        ("name", '\u{2066}'),
+        ("name", '\u{200F}'),
+        ("name", '\u{061C}'),
+        ("name", '\u{200B}'),
+        ("name", '\u{200D}'),
+        ("name", '\u{2060}'),
+        ("name", '\u{FEFF}'),
+        ("name", '\u{AD}'),
+        ("name", '\u{2028}'),
+        ("name", '\n'),
+        ("room", '\u{202E}'),
+        ("room", '\u{200B}'),
+        ("room", '\r'),
+    ] {
+        let (room, name) = match field {
+            "name" => ("call".to_owned(), format!("An{c}n")),
+            _ => (format!("ca{c}ll"), "Xavier".to_owned()),
+        };
+        x.send(json!({"type": "join", "version": 1, "room": room, "name": name}));
+        let e = x.wait_error(seen, T).await;
+        seen += 1;
+        assert_eq!(
+            (e["code"].as_str(), e["request"].as_str()),
+            (Some("invalid-message"), Some("join")),
+            "{field} with U+{:04X}: {e}",
+            c as u32
+        );
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(field) && message.contains(&format!("U+{:04X}", c as u32)),
+            "the error names the field and the character: {message}"
+        );
+    }
+    x.send(json!({"type": "join", "version": 1, "room": "call", "name": "Xavier"}));
+    x.wait_message("joined", T, |m| m["type"] == "joined").await;
+
+    // Ids in any spelling but the canonical one are not ids: `p+1` must not reach p1.
+    for to in [
+        format!("p+{ann_n}"),
+        format!("p0{ann_n}"),
+        format!("p {ann_n}"),
+        format!("p{ann_n} "),
+        format!(" p{ann_n}"),
+        "p0".to_owned(),
+        "p-1".to_owned(),
+        "p18446744073709551616".to_owned(),
+    ] {
+        x.send(json!({"type": "chat", "text": "psst", "to": to}));
+        expect_error(&x, &mut seen, "invalid-message", Some("chat")).await;
+    }
+    for track in ["t0", "t+5", "t007", "t99999999999999999999"] {
+        x.send(json!({"type": "mute", "track_id": track, "muted": true}));
+        expect_error(&x, &mut seen, "invalid-message", Some("mute")).await;
+        x.send(json!({"type": "unpublish", "track_id": track}));
+        expect_error(&x, &mut seen, "invalid-message", Some("unpublish")).await;
+    }
+
+    // Chat: control, bidi and zero-width characters are refused; a line break is kept and
+    // arrives as one message under its author.
+    for text in [
+        "ok\rAnn: fake",
+        "\u{202E}olleh",
+        "hi\u{200B}",
+        "tab\there",
+        "line\u{2028}break",
+    ] {
+        x.send(json!({"type": "chat", "text": text}));
+        let e = x.wait_error(seen, T).await;
+        seen += 1;
+        assert_eq!(e["code"], "invalid-message", "{text:?}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().starts_with("chat text"),
+            "{e}"
+        );
+    }
+    let multiline = "first line\nAnn: this line is Xavier's too\n👩\u{200D}💻";
+    x.send(json!({"type": "chat", "text": multiline}));
+    let chat = ann
+        .wait_message("Xavier's chat", T, |m| m["type"] == "chat")
+        .await;
+    assert_eq!(chat["text"], multiline);
+    assert_eq!(chat["name"], "Xavier");
+    assert_eq!(
+        ann.messages_of("chat").len(),
+        1,
+        "no other chat reached Ann"
+    );
+    assert!(bob.messages_of("chat").len() <= 1);
+    x.send(json!({"type": "ping", "id": 9}));
+    x.wait_message("pong 9", T, |m| m["type"] == "pong" && m["id"] == 9)
+        .await;
+    assert_eq!(x.messages_of("error").len(), seen, "no unexplained errors");
+
+    media_keeps_flowing(&[&ann, &bob]).await;
+    let clients = [ann, bob];
+    stop_and_verify(&clients, &ids).await;
+    common::leave_all(clients).await;
+    common::leave_all([x]).await;
     server.assert_drained().await;
 }

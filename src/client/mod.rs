@@ -563,6 +563,11 @@ impl Client {
         let _ = self.out.send(Message::Text(text.into()));
     }
 
+    /// The queue to this client's WebSocket writer, for sending from another task (floods).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Message> {
+        self.out.clone()
+    }
+
     pub fn send_binary(&self, bytes: Vec<u8>) {
         let _ = self.out.send(Message::Binary(bytes.into()));
     }

@@ -9,5 +9,8 @@ mod room;
 mod workers;
 
 pub use registry::Registry;
-pub use room::{IngestPacket, JoinAccepted, RoomCommand, RoomHandle, SessionEvent, Subscription};
+pub use room::{
+    IngestPacket, JoinAccepted, RoomCommand, RoomHandle, SessionEvent, Subscription,
+    SESSION_EVENT_QUEUE,
+};
 pub use workers::Workers;

@@ -69,7 +69,7 @@ impl Registry {
         room: &str,
         participant: ParticipantId,
         name: String,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
         joined_at: std::time::Instant,
     ) -> Result<(RoomHandle, JoinAccepted), ClientError> {
         loop {

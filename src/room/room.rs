@@ -4,15 +4,22 @@
 //!
 //! The room also writes what it fans out onto its subscribers' outgoing tracks (see
 //! [`super::outgoing`] for why there is no queue and task per subscriber).
+//!
+//! The room never waits for a member. What it tells a member's session goes into a bounded
+//! queue ([`SESSION_EVENT_QUEUE`] events) with `try_send`; a member whose queue is full has
+//! stopped keeping up (typically a client that does not read its WebSocket, so its session is
+//! stuck writing) and is removed from the room, as if it had timed out. Dropping or delaying
+//! its events instead would leave its session out of step with the room (a subscription it
+//! never heard of), and waiting would let one stuck client stall everyone's joins and leaves.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use super::outgoing::{EgressCounters, SubscriberEgress};
 use super::workers::Placement;
@@ -29,7 +36,7 @@ pub enum RoomCommand {
     Join {
         participant: ParticipantId,
         name: String,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
         /// When the participant asked to join, for the join-to-first-media histogram.
         joined_at: Instant,
         reply: oneshot::Sender<Result<JoinAccepted, ClientError>>,
@@ -77,7 +84,17 @@ pub enum RoomCommand {
     },
 }
 
-/// What the room tells a member's session.
+/// Capacity of each member's event queue (room → session). A healthy session empties it as
+/// fast as it can write to its WebSocket; it only fills when the client stops reading (or its
+/// link stalls) while the room stays busy. Sized for bursts far beyond a busy room's (a
+/// hundred members joining at once send each member about five events apiece) while bounding
+/// what one stuck client can pin: 1024 events, at most ~16 MiB even if all were maximal chat
+/// messages, and only until the queue overflows and the member is removed.
+pub const SESSION_EVENT_QUEUE: usize = 1024;
+
+/// What the room tells a member's session. The session learns that the room removed it
+/// (its queue overflowed) from the queue closing: that is the only time the room drops a
+/// member's sender while the member's session still runs.
 #[derive(Debug)]
 pub enum SessionEvent {
     Send(ServerMessage),
@@ -122,7 +139,12 @@ pub struct RoomHandle {
 struct Member {
     name: String,
     tracks: Vec<(TrackInfo, CodecSpec)>,
-    events: mpsc::UnboundedSender<SessionEvent>,
+    events: mpsc::Sender<SessionEvent>,
+    /// The event queue overflowed: the member is removed once the current command is done
+    /// (not at once, since the room is usually iterating over its members when it notices).
+    /// Atomic only because a `&Member` is held across awaits and must be `Sync`; the room
+    /// task is its only reader and writer.
+    lagging: AtomicBool,
     egress: SubscriberEgress,
 }
 
@@ -136,7 +158,17 @@ impl Member {
     }
 
     fn send(&self, message: ServerMessage) {
-        let _ = self.events.send(SessionEvent::Send(message));
+        self.notify(SessionEvent::Send(message));
+    }
+
+    /// Queues an event for the member's session without waiting.
+    fn notify(&self, event: SessionEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.lagging.store(true, Ordering::Relaxed),
+            // The session has ended; its `Leave` is on its way.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 
@@ -216,10 +248,7 @@ impl RoomTask {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     state.handle_command(command).await;
-                    let now = state.members.len();
-                    let before = participants.swap(now, Ordering::Relaxed);
-                    // The worker's load counts participants (see workers.rs).
-                    self.placement.load.add(now as i64 - before as i64);
+                    self.count_members(&state, &participants);
                     if state.members.is_empty() {
                         break;
                     }
@@ -256,6 +285,16 @@ impl RoomTask {
             for at in received.drain(..) {
                 forward_delay.observe(sent.saturating_duration_since(at).as_secs_f64());
             }
+            // A keyframe request relayed by the flush can overflow a publisher's queue.
+            if state.has_lagging() {
+                let before = state.counts();
+                state.remove_lagging();
+                state.publish_counts(before);
+                self.count_members(&state, &participants);
+                if state.members.is_empty() {
+                    break;
+                }
+            }
         }
         // Leave the registry first so no new join can reach us, then refuse what is queued:
         // a dropped reply tells the joining session to retry on a fresh room.
@@ -274,6 +313,16 @@ impl RoomTask {
         self.placement.load.sub(1 + members as i64);
         self.metrics.rooms.dec();
         info!("room closed");
+    }
+}
+
+impl RoomTask {
+    /// Publishes the member count for listings and the worker's load (which counts
+    /// participants, see workers.rs).
+    fn count_members(&self, state: &RoomState, participants: &AtomicUsize) {
+        let now = state.members.len();
+        let before = participants.swap(now, Ordering::Relaxed);
+        self.placement.load.add(now as i64 - before as i64);
     }
 }
 
@@ -297,8 +346,60 @@ struct RoomState {
 
 impl RoomState {
     async fn handle_command(&mut self, command: RoomCommand) {
-        let producers_before = self.router.producer_count() as i64;
-        let consumers_before = self.router.consumer_count() as i64;
+        let before = self.counts();
+        self.dispatch(command).await;
+        self.remove_lagging();
+        self.publish_counts(before);
+    }
+
+    /// Producers and consumers now, for [`Self::publish_counts`].
+    fn counts(&self) -> (i64, i64) {
+        (
+            self.router.producer_count() as i64,
+            self.router.consumer_count() as i64,
+        )
+    }
+
+    /// Moves the track and subscription gauges by what changed since `before`.
+    fn publish_counts(&self, before: (i64, i64)) {
+        let (producers, consumers) = self.counts();
+        self.metrics.published_tracks.add(producers - before.0);
+        self.metrics.subscriptions.add(consumers - before.1);
+    }
+
+    fn has_lagging(&self) -> bool {
+        self.members
+            .values()
+            .any(|m| m.lagging.load(Ordering::Relaxed))
+    }
+
+    /// Removes the members whose event queue overflowed, telling the others they timed out.
+    /// Dropping a member's sender is what tells its session (see [`SessionEvent`]). Telling
+    /// the others can overflow another queue in turn, hence the loop; it ends because every
+    /// round removes at least one member.
+    fn remove_lagging(&mut self) {
+        loop {
+            let lagging: Vec<ParticipantId> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.lagging.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)
+                .collect();
+            if lagging.is_empty() {
+                return;
+            }
+            for id in lagging {
+                warn!(participant = %id, queue = SESSION_EVENT_QUEUE, "removing a participant whose session does not keep up with the room's events");
+                self.metrics
+                    .slow_client_disconnects
+                    .with_label_values(&["event_queue_full"])
+                    .inc();
+                self.handle_leave(id, LeaveReason::TimedOut);
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, command: RoomCommand) {
         match command {
             RoomCommand::Join {
                 participant,
@@ -359,19 +460,13 @@ impl RoomState {
                     .handle_keyframe_request(subscriber, track, Instant::now());
             }
         }
-        self.metrics
-            .published_tracks
-            .add(self.router.producer_count() as i64 - producers_before);
-        self.metrics
-            .subscriptions
-            .add(self.router.consumer_count() as i64 - consumers_before);
     }
 
     fn handle_join(
         &mut self,
         participant: ParticipantId,
         name: String,
-        events: mpsc::UnboundedSender<SessionEvent>,
+        events: mpsc::Sender<SessionEvent>,
         joined_at: Instant,
         reply: oneshot::Sender<Result<JoinAccepted, ClientError>>,
     ) {
@@ -403,6 +498,7 @@ impl RoomState {
             name,
             tracks: Vec::new(),
             events,
+            lagging: AtomicBool::new(false),
             egress: SubscriberEgress::new(joined_at),
         };
         let info = member.info(participant);
@@ -441,7 +537,7 @@ impl RoomState {
             });
             for track in &tracks {
                 m.egress.remove(*track);
-                let _ = m.events.send(SessionEvent::Unsubscribe { track: *track });
+                m.notify(SessionEvent::Unsubscribe { track: *track });
             }
         }
         info!(participant = %participant, ?reason, "left");
@@ -473,7 +569,7 @@ impl RoomState {
                 participant_id: participant,
                 track: track.clone(),
             });
-            let _ = m.events.send(SessionEvent::Subscribe(Subscription {
+            m.notify(SessionEvent::Subscribe(Subscription {
                 publisher: participant,
                 track: track.clone(),
                 codec: codec.clone(),
@@ -501,7 +597,7 @@ impl RoomState {
         for subscriber in self.router.remove_producer(track) {
             if let Some(m) = self.members.get_mut(&subscriber) {
                 m.egress.remove(track);
-                let _ = m.events.send(SessionEvent::Unsubscribe { track });
+                m.notify(SessionEvent::Unsubscribe { track });
             }
         }
     }
@@ -599,7 +695,7 @@ impl RoomState {
                     publisher, ssrc, ..
                 } => {
                     if let Some(m) = self.members.get(&publisher) {
-                        let _ = m.events.send(SessionEvent::RequestKeyframe { ssrc });
+                        m.notify(SessionEvent::RequestKeyframe { ssrc });
                     }
                 }
             }

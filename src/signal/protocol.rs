@@ -40,7 +40,9 @@ fn default_source() -> TrackSource {
     TrackSource::Other
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// A message from a client. `Serialize` is for clients written in Rust (and for checking that
+/// what the server accepts is exactly what it would write).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ClientMessage {
     Join {
@@ -318,7 +320,10 @@ pub const CLIENT_TYPES: &[&str] = &[
 /// Parses one text frame, classifying what is wrong with it when it cannot be used.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ClientError::new(ErrorCode::MalformedMessage, format!("not valid JSON: {e}"))
+        ClientError::new(
+            ErrorCode::MalformedMessage,
+            truncate_message(format!("not valid JSON: {e}")),
+        )
     })?;
     let Some(kind) = value
         .get("type")
@@ -331,18 +336,32 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
         ));
     };
     if !CLIENT_TYPES.contains(&kind.as_str()) {
+        let kind = truncate(&kind, 64);
         let mut e = ClientError::new(
             ErrorCode::UnknownType,
-            format!("unknown message type {kind:?}"),
+            truncate_message(format!("unknown message type {kind:?}")),
         );
-        e.request = Some(truncate(&kind, 64));
+        e.request = Some(kind);
         return Err(e);
     }
     serde_json::from_value(value).map_err(|e| ClientError {
         code: ErrorCode::InvalidMessage,
-        message: format!("invalid {kind:?} message: {e}"),
+        // serde quotes the offending value whole: a 200 KB string would come straight back.
+        message: truncate_message(format!("invalid {kind:?} message: {e}")),
         request: Some(kind),
     })
+}
+
+/// Longest error message the parser writes, in characters.
+const MAX_ERROR_CHARS: usize = 300;
+
+fn truncate_message(message: String) -> String {
+    if message.chars().count() <= MAX_ERROR_CHARS {
+        return message;
+    }
+    let mut short = truncate(&message, MAX_ERROR_CHARS - 1);
+    short.push('…');
+    short
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
@@ -382,6 +401,66 @@ mod tests {
         );
         assert!(parse_client_message(r#"{"type":"leave"}"#).is_ok());
         assert!(parse_client_message(r#"{"type":"candidate","candidate":null}"#).is_ok());
+    }
+
+    #[test]
+    fn non_canonical_ids_are_invalid_messages() {
+        for to in [
+            "p+1",
+            "p01",
+            "p0",
+            "p 1",
+            "p1 ",
+            "p-1",
+            "p18446744073709551616",
+        ] {
+            let text = format!(r#"{{"type":"chat","text":"hi","to":"{to}"}}"#);
+            let e = parse_client_message(&text).unwrap_err();
+            assert_eq!(
+                (e.code, e.request.as_deref()),
+                (ErrorCode::InvalidMessage, Some("chat")),
+                "{to}"
+            );
+        }
+        for id in ["t+5", "t007", "t0"] {
+            let text = format!(r#"{{"type":"unpublish","track_id":"{id}"}}"#);
+            assert_eq!(
+                parse_client_message(&text).unwrap_err().code,
+                ErrorCode::InvalidMessage,
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_do_not_echo_whole_inputs() {
+        let big = "x".repeat(100_000);
+        let e = parse_client_message(&format!(
+            r#"{{"type":"mute","track_id":"t1","muted":"{big}"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidMessage);
+        assert!(
+            e.message.chars().count() <= MAX_ERROR_CHARS,
+            "{}",
+            e.message
+        );
+        assert!(e.message.ends_with('…'));
+    }
+
+    #[test]
+    fn accepted_messages_serialise_back_to_themselves() {
+        for text in [
+            r#"{"type":"join","version":1,"room":"r","name":"Ann","publish":[{"cid":"mic","kind":"audio","source":"microphone"}]}"#,
+            r#"{"type":"chat","text":"a\nb","to":"p3"}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"c","sdpMid":"0"}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"leave"}"#,
+        ] {
+            let m = parse_client_message(text).unwrap();
+            let again = parse_client_message(&serde_json::to_string(&m).unwrap()).unwrap();
+            assert_eq!(again, m);
+        }
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //! dirty; when no offer is outstanding, the server creates one offer covering all changes and
 //! waits for the client's answer before the next. webrtc-rs 0.17 cannot roll back a local
 //! offer, so this is not a convenience: it is the only safe design with one peer connection.
+//!
+//! Nothing a client does or fails to do can make its session hold unbounded memory: the room's
+//! events arrive on a bounded queue (the room removes a member that lets it overflow), every
+//! write to the WebSocket has a deadline (`timeouts.session_write_ms`), and a client that
+//! misses either is disconnected with close code 1008 `too-slow`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use futures::stream::{SplitSink, StreamExt};
 use futures::SinkExt;
 use tokio::sync::{mpsc, oneshot};
@@ -20,8 +25,11 @@ use super::protocol::{
     parse_client_message, ClientError, ClientMessage, ErrorCode, LeaveReason, MidBinding,
     PublishRequest, ServerMessage, TrackInfo, TrackSource, CLIENT_TYPES, PROTOCOL_VERSION,
 };
+use super::text;
 use crate::forward::{MediaKind, ParticipantId, TrackId};
-use crate::room::{IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription};
+use crate::room::{
+    IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription, SESSION_EVENT_QUEUE,
+};
 use crate::rtc::{
     Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
 };
@@ -35,6 +43,11 @@ const MAX_CHAT_CHARS: usize = 4000;
 /// disconnected so that it reconnects, rather than stay in the room publishing nothing. Browsers
 /// send audio every 20-60 ms even when silent, and video at least once a second.
 const MEDIA_SILENCE_LIMIT: Duration = Duration::from_secs(20);
+/// The close frame's reason for a client that did not keep up (at most 123 bytes).
+const TOO_SLOW: &str = "too-slow: the client did not read its messages in time";
+/// The close frame's last chance: after a write deadline passed, the socket is probably still
+/// stuck, so the goodbye gets a short bound of its own.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one WebSocket until it closes, the participant leaves, or a timeout removes it.
 pub async fn run_session(socket: WebSocket, state: AppState) {
@@ -49,6 +62,7 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
         last_heard_at: Instant::now(),
         budget: TokenBucket::new(rate as f64, rate as f64 * 4.0),
         negotiation_failed: false,
+        stalled: false,
     };
     let end = loop {
         let deadline = session.next_deadline();
@@ -61,6 +75,20 @@ pub async fn run_session(socket: WebSocket, state: AppState) {
         let end = session.handle(event).await;
         if let Some(end) = end.or_else(|| session.negotiation_failed.then_some(End::PeerLost)) {
             break end;
+        }
+        if session.stalled {
+            // The write may have been stuck because the room had removed us meanwhile (a
+            // removed member's session ends within one write timeout): count it once, as
+            // what gave out first.
+            let removed = session
+                .joined
+                .as_ref()
+                .is_some_and(|j| j.room_events.is_closed());
+            break End::TooSlow(if removed {
+                Lag::EventQueueFull
+            } else {
+                Lag::WriteTimeout
+            });
         }
     };
     session.finish(end).await;
@@ -75,7 +103,7 @@ enum Input {
 }
 
 /// Why a session ends, and what the others are told.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Left,
     SocketClosed,
@@ -84,6 +112,18 @@ enum End {
     MediaLost,
     TimedOut,
     ServerShutdown,
+    /// The client did not keep up with what the server sends it.
+    TooSlow(Lag),
+}
+
+/// What gave out when a client did not keep up; the `reason` label of
+/// `plaza_slow_client_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lag {
+    /// The room found this member's event queue full and removed it.
+    EventQueueFull,
+    /// One message could not be written within `timeouts.session_write_ms`.
+    WriteTimeout,
 }
 
 impl End {
@@ -91,7 +131,8 @@ impl End {
         match self {
             End::Left => LeaveReason::Left,
             End::SocketClosed | End::PeerLost | End::MediaLost => LeaveReason::Disconnected,
-            End::TimedOut => LeaveReason::TimedOut,
+            // To the others, a client that stopped taking its messages stopped responding.
+            End::TimedOut | End::TooSlow(_) => LeaveReason::TimedOut,
             End::ServerShutdown => LeaveReason::ServerShutdown,
         }
     }
@@ -117,6 +158,9 @@ struct Session {
     /// The peer connection could not create an offer: it can never negotiate again, so the
     /// session ends (the client reconnects) rather than stay in the room unable to change.
     negotiation_failed: bool,
+    /// A write missed its deadline: the session ends, and nothing more is written but a
+    /// close frame.
+    stalled: bool,
 }
 
 /// Messages a connection may send: `rate` per second on average, `burst` at once.
@@ -156,7 +200,15 @@ struct Joined {
     id: ParticipantId,
     room: RoomHandle,
     peer: Peer,
-    room_events: mpsc::UnboundedReceiver<SessionEvent>,
+    /// Bounded ([`SESSION_EVENT_QUEUE`]); closed by the room when it removes us.
+    room_events: mpsc::Receiver<SessionEvent>,
+    /// Unbounded, but bounded by construction: webrtc-rs's callbacks (src/rtc) send one event
+    /// per local candidate (a handful, gathered once), per connection-state change (a few,
+    /// paced by ICE's timers) and per published track that starts (at most
+    /// `limits.max_tracks_per_participant` per negotiation, and negotiations wait for this
+    /// session), and this session drains it continuously; every wait in between is bounded
+    /// (writes by `timeouts.session_write_ms`). A bounded queue would have to drop state
+    /// changes, or make webrtc-rs's callbacks wait on us.
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     publications: HashMap<TrackId, Publication>,
     subscriptions: HashMap<TrackId, Subscribed>,
@@ -217,7 +269,17 @@ impl Session {
                 self.last_heard_at = Instant::now();
                 self.handle_frame(message).await
             }
-            Input::Room(None) => Some(End::SocketClosed),
+            // The room drops a member's sender only when it removes the member for letting its
+            // queue overflow; the events still queued are moot then, so the check comes first.
+            Input::Room(None) => Some(End::TooSlow(Lag::EventQueueFull)),
+            Input::Room(Some(_))
+                if self
+                    .joined
+                    .as_ref()
+                    .is_some_and(|j| j.room_events.is_closed()) =>
+            {
+                Some(End::TooSlow(Lag::EventQueueFull))
+            }
             Input::Room(Some(event)) => {
                 self.handle_room_event(event).await;
                 // Changes that arrive together go into one offer.
@@ -272,19 +334,15 @@ impl Session {
     }
 
     async fn handle_frame(&mut self, message: Message) -> Option<End> {
-        let text = match message {
-            Message::Text(text) => text,
+        match message {
             Message::Close(_) => return Some(End::SocketClosed),
+            // Control frames: tungstenite answers pings itself and keeps at most one pong
+            // pending, so they cost no queue; they only keep the session alive.
             Message::Ping(_) | Message::Pong(_) => return None,
-            Message::Binary(_) => {
-                self.send_error(ClientError::new(
-                    ErrorCode::MalformedMessage,
-                    "binary frames are not part of the protocol; send JSON text",
-                ))
-                .await;
-                return None;
-            }
-        };
+            Message::Text(_) | Message::Binary(_) => {}
+        }
+        // Every data frame spends from the budget, binary ones included: each costs an error
+        // reply, so a binary flood must be throttled like a text one.
         if !self.budget.take(Instant::now()) {
             let rate = self.state.config.limits.max_messages_per_second;
             self.send_error(ClientError::new(
@@ -294,6 +352,17 @@ impl Session {
             .await;
             return None;
         }
+        let text = match message {
+            Message::Text(text) => text,
+            _ => {
+                self.send_error(ClientError::new(
+                    ErrorCode::MalformedMessage,
+                    "binary frames are not part of the protocol; send JSON text",
+                ))
+                .await;
+                return None;
+            }
+        };
         let limit = self.state.config.limits.max_message_bytes;
         if text.len() > limit {
             self.send_error(ClientError::new(
@@ -456,13 +525,7 @@ impl Session {
                     .map_err(|e| ClientError::new(ErrorCode::InvalidCandidate, e.to_string()))?;
             }
             ClientMessage::Chat { text, to } => {
-                let chars = text.chars().count();
-                if chars == 0 || chars > MAX_CHAT_CHARS {
-                    return Err(ClientError::new(
-                        ErrorCode::InvalidMessage,
-                        format!("chat text must have 1 to {MAX_CHAT_CHARS} characters"),
-                    ));
-                }
+                check_chat(&text)?;
                 let (reply, answer) = oneshot::channel();
                 j.tell_room(RoomCommand::Chat {
                     from: j.id,
@@ -512,7 +575,7 @@ impl Session {
         let joined_at = Instant::now();
         let id = self.state.ids.participant();
         let span = tracing::info_span!("participant", room = %room, participant = %id);
-        let (events_tx, room_events) = mpsc::unbounded_channel();
+        let (events_tx, room_events) = mpsc::channel(SESSION_EVENT_QUEUE);
         let (handle, accepted) = self
             .state
             .registry
@@ -671,9 +734,19 @@ impl Session {
     }
 
     async fn send(&mut self, message: ServerMessage) {
+        if self.stalled {
+            return;
+        }
         let text = serde_json::to_string(&message).expect("server messages always serialize");
-        // A failed send means the socket is gone; the read side will notice and end the session.
-        let _ = self.sink.send(Message::Text(text.into())).await;
+        let write = self.sink.send(Message::Text(text.into()));
+        match tokio::time::timeout(self.state.config.session_write_timeout(), write).await {
+            Ok(Ok(())) => {}
+            // The socket is gone; the read side will notice and end the session.
+            Ok(Err(_)) => {}
+            // The client is not reading: its socket buffers are full. Waiting longer would
+            // stop this session from taking the room's events, so it ends instead.
+            Err(_) => self.stalled = true,
+        }
     }
 
     async fn send_error(&mut self, e: ClientError) {
@@ -697,6 +770,14 @@ impl Session {
             ))
             .await;
         }
+        // The room counts the overflows it decides; write timeouts are counted here.
+        if end == End::TooSlow(Lag::WriteTimeout) {
+            self.state
+                .metrics
+                .slow_client_disconnects
+                .with_label_values(&["write_timeout"])
+                .inc();
+        }
         if let Some(j) = self.joined.take() {
             info!(parent: &j.span, ?end, "session ended");
             j.tell_room(RoomCommand::Leave {
@@ -705,8 +786,23 @@ impl Session {
             })
             .await;
             j.peer.close().await;
+        } else if let End::TooSlow(_) = end {
+            info!(?end, "session ended");
         }
-        let _ = self.sink.close().await;
+        // A client that does not read must not hold this task: the goodbye is bounded too.
+        let bound = self.state.config.session_write_timeout().min(CLOSE_TIMEOUT);
+        let sink = &mut self.sink;
+        let _ = tokio::time::timeout(bound, async move {
+            if let End::TooSlow(_) = end {
+                let frame = CloseFrame {
+                    code: close_code::POLICY,
+                    reason: TOO_SLOW.into(),
+                };
+                sink.send(Message::Close(Some(frame))).await?;
+            }
+            sink.close().await
+        })
+        .await;
     }
 }
 
@@ -940,15 +1036,46 @@ fn validate_publish<'a>(
     Ok(())
 }
 
+/// A display name or room name: 1 to `max_chars` characters, none of them hidden (see
+/// [`text`] for which and why).
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), ClientError> {
     let chars = value.chars().count();
-    if chars == 0 || chars > max_chars || value.chars().any(char::is_control) {
+    if chars == 0 || chars > max_chars {
         return Err(ClientError::new(
             ErrorCode::InvalidMessage,
             format!("{field} must have 1 to {max_chars} printable characters"),
         ));
     }
-    Ok(())
+    text::check_label(value).map_err(|r| {
+        ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!(
+                "{field} must not contain control, format, bidi or zero-width characters: {}",
+                r.describe()
+            ),
+        )
+    })
+}
+
+/// A chat message: 1 to [`MAX_CHAT_CHARS`] characters; line breaks are `\n` only.
+fn check_chat(value: &str) -> Result<(), ClientError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_CHAT_CHARS {
+        return Err(ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!("chat text must have 1 to {MAX_CHAT_CHARS} characters"),
+        ));
+    }
+    text::check_chat(value).map_err(|r| {
+        ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!(
+                "chat text must not contain control (other than \\n), bidi or invisible \
+                 format characters: {}",
+                r.describe()
+            ),
+        )
+    })
 }
 
 fn unknown_track(track: TrackId) -> ClientError {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod mutate;
 pub mod verify;
 
 pub use plaza::client;
@@ -120,6 +121,7 @@ impl TestServer {
             "signal_errors" => &m.signal_errors,
             "retransmissions" => &m.retransmissions,
             "rejected_datagrams" => &m.rejected_datagrams,
+            "slow_client_disconnects" => &m.slow_client_disconnects,
             other => panic!("no counter {other}"),
         };
         vec.with_label_values(labels).get()
