@@ -12,6 +12,8 @@ use std::time::Duration;
 use common::verify::stop_and_verify;
 use common::{wait_for, Client, ClientOptions, TestServer};
 
+const T: Duration = Duration::from_secs(5);
+
 /// The datagram of issue 11: RTP with a two-byte-header extension (profile 0x1000, one word)
 /// whose one element claims 200 bytes. webrtc-rs 0.17 panics parsing it, before SRTP
 /// authentication, in the SRTP read loop of whichever connection owns the source address.
@@ -155,6 +157,97 @@ async fn forged_datagrams_from_anyone_are_refused_and_the_call_goes_on() {
         );
     }
     let clients = [ann, bob];
+    stop_and_verify(&clients, &ids).await;
+    common::leave_all(clients).await;
+    server.assert_drained().await;
+}
+
+/// Every answer is either applied whole or refused with the session able to negotiate: the
+/// answers that wedged webrtc-rs (a payload type without `a=rtpmap`, a garbled rtpmap, a
+/// payload type that is not a number) and the one that silently carried nothing (every m-line
+/// `inactive`) are refused with `invalid-sdp`, and the real answer then publishes, while a call
+/// in progress stays complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_wedged_the_stack_are_refused_and_the_session_still_publishes() {
+    let server = TestServer::start().await;
+    let url = server.ws_url();
+    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
+    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
+    let ids = vec![ann.participant_id().await, bob.participant_id().await];
+    for c in [&ann, &bob] {
+        wait_for("the call to flow", Duration::from_secs(15), || {
+            c.flowing_tracks(20) == 2
+        })
+        .await;
+    }
+    let xena = Client::join(
+        &url,
+        "call",
+        "Xena",
+        ClientOptions {
+            auto_answer: false,
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    xena.wait_message("an offer", T, |m| m["type"] == "offer")
+        .await;
+    let good = xena.answer_offer().await;
+    let audio_mline = good
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .expect("an audio m-line")
+        .to_owned();
+    let directions = ["a=sendonly", "a=recvonly", "a=sendrecv"];
+    let all_inactive = good
+        .split("\r\n")
+        .map(|l| {
+            if directions.contains(&l) {
+                "a=inactive"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let bad = [
+        (
+            "a payload type without a=rtpmap",
+            good.replace("a=rtpmap:0 PCMU/8000\r\n", "")
+                .replace(&audio_mline, &format!("{audio_mline} 0")),
+        ),
+        (
+            "a garbled rtpmap",
+            good.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 opus"),
+        ),
+        (
+            "a payload type that is not a number",
+            good.replace(&audio_mline, &audio_mline.replacen(" 111", " 111x", 1)),
+        ),
+        ("every m-line inactive", all_inactive),
+    ];
+    let mut seen = 0;
+    for (what, sdp) in bad {
+        assert_ne!(sdp, good, "{what}: the answer was changed");
+        xena.send(serde_json::json!({"type": "answer", "sdp": sdp}));
+        let e = xena.wait_error(seen, T).await;
+        seen += 1;
+        assert_eq!(e["code"], "invalid-sdp", "{what}: {e}");
+    }
+    // The offer is still outstanding, and the real answer publishes.
+    xena.send(serde_json::json!({"type": "answer", "sdp": good}));
+    for c in [&ann, &bob] {
+        wait_for(
+            "Xena's audio and video to reach the others after the refused answers",
+            Duration::from_secs(15),
+            || c.flowing_tracks(20) == 4,
+        )
+        .await;
+    }
+    assert_eq!(xena.messages_of("error").len(), seen, "no other error");
+    let mut ids = ids;
+    ids.push(xena.participant_id().await);
+    let clients = [ann, bob, xena];
     stop_and_verify(&clients, &ids).await;
     common::leave_all(clients).await;
     server.assert_drained().await;

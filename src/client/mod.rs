@@ -169,6 +169,9 @@ pub struct Shared {
     pub connected: AtomicBool,
     pub failed_or_closed: AtomicBool,
     pub answers_sent: AtomicU64,
+    /// The server's candidates that came before their offer was applied (a test that answers
+    /// by hand applies the offer late): added once it is.
+    pub early_candidates: Mutex<Vec<RTCIceCandidateInit>>,
 }
 
 pub struct Client {
@@ -436,6 +439,10 @@ impl Client {
                 match v["type"].as_str() {
                     Some("offer") if auto_answer => {
                         if let Some(sdp) = answer(&pc2, &v).await {
+                            let early = std::mem::take(&mut *s.early_candidates.lock().unwrap());
+                            for init in early {
+                                let _ = pc2.add_ice_candidate(init).await;
+                            }
                             s.answers_sent.fetch_add(1, Ordering::SeqCst);
                             let _ = o.send(Message::Text(
                                 json!({"type": "answer", "sdp": sdp}).to_string().into(),
@@ -444,20 +451,20 @@ impl Client {
                     }
                     Some("candidate") => {
                         if let Some(c) = v["candidate"].as_object() {
-                            let _ = pc2
-                                .add_ice_candidate(RTCIceCandidateInit {
-                                    candidate: c["candidate"].as_str().unwrap_or("").to_owned(),
-                                    sdp_mid: c
-                                        .get("sdpMid")
-                                        .and_then(|m| m.as_str())
-                                        .map(Into::into),
-                                    sdp_mline_index: c
-                                        .get("sdpMLineIndex")
-                                        .and_then(|m| m.as_u64())
-                                        .map(|m| m as u16),
-                                    username_fragment: None,
-                                })
-                                .await;
+                            let init = RTCIceCandidateInit {
+                                candidate: c["candidate"].as_str().unwrap_or("").to_owned(),
+                                sdp_mid: c.get("sdpMid").and_then(|m| m.as_str()).map(Into::into),
+                                sdp_mline_index: c
+                                    .get("sdpMLineIndex")
+                                    .and_then(|m| m.as_u64())
+                                    .map(|m| m as u16),
+                                username_fragment: None,
+                            };
+                            if pc2.remote_description().await.is_none() {
+                                s.early_candidates.lock().unwrap().push(init);
+                            } else {
+                                let _ = pc2.add_ice_candidate(init).await;
+                            }
                         }
                     }
                     _ => {}
@@ -656,7 +663,12 @@ impl Client {
             .messages_of("offer")
             .pop()
             .expect("an offer was received");
-        answer(&self.pc, &offer).await.expect("the offer applies")
+        let sdp = answer(&self.pc, &offer).await.expect("the offer applies");
+        let early = std::mem::take(&mut *self.shared.early_candidates.lock().unwrap());
+        for init in early {
+            let _ = self.pc.add_ice_candidate(init).await;
+        }
+        sdp
     }
 
     pub fn leave(&self) {

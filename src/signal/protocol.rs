@@ -286,10 +286,12 @@ pub struct ClientError {
 }
 
 impl ClientError {
+    /// The message is cut to [`MAX_ERROR_CHARS`]: many quote what the client sent (an SDP
+    /// line, a cid, serde's view of a value), which must not come back whole.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: truncate_message(message.into()),
             request: None,
         }
     }
@@ -320,10 +322,7 @@ pub const CLIENT_TYPES: &[&str] = &[
 /// Parses one text frame, classifying what is wrong with it when it cannot be used.
 pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ClientError::new(
-            ErrorCode::MalformedMessage,
-            truncate_message(format!("not valid JSON: {e}")),
-        )
+        ClientError::new(ErrorCode::MalformedMessage, format!("not valid JSON: {e}"))
     })?;
     let Some(kind) = value
         .get("type")
@@ -339,20 +338,24 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ClientError> {
         let kind = truncate(&kind, 64);
         let mut e = ClientError::new(
             ErrorCode::UnknownType,
-            truncate_message(format!("unknown message type {kind:?}")),
+            format!("unknown message type {kind:?}"),
         );
         e.request = Some(kind);
         return Err(e);
     }
-    serde_json::from_value(value).map_err(|e| ClientError {
-        code: ErrorCode::InvalidMessage,
-        // serde quotes the offending value whole: a 200 KB string would come straight back.
-        message: truncate_message(format!("invalid {kind:?} message: {e}")),
-        request: Some(kind),
+    serde_json::from_value(value).map_err(|e| {
+        // serde quotes the offending value whole: a 200 KB string would come straight back
+        // (cut by `ClientError::new`).
+        let mut error = ClientError::new(
+            ErrorCode::InvalidMessage,
+            format!("invalid {kind:?} message: {e}"),
+        );
+        error.request = Some(kind);
+        error
     })
 }
 
-/// Longest error message the parser writes, in characters.
+/// Longest error message sent to a client, in characters.
 const MAX_ERROR_CHARS: usize = 300;
 
 fn truncate_message(message: String) -> String {
