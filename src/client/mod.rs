@@ -230,7 +230,10 @@ impl Client {
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
         settings.set_network_types(vec![NetworkType::Udp4]);
         settings.set_include_loopback_candidate(true);
-        settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+        // Only the address the socket is bound to: a candidate on another loopback address
+        // (a test namespace may have 127.0.0.2 and more) would be one this socket never
+        // receives on, and the server connects only on the checks a client really sends.
+        settings.set_ip_filter(Box::new(move |ip| ip == media_addr.ip()));
         settings.set_ice_timeouts(
             Some(Duration::from_secs(1)),
             Some(Duration::from_secs(3)),

@@ -346,10 +346,13 @@ impl RtcEngine {
         settings.set_srflx_acceptance_min_wait(Some(Duration::ZERO));
         settings.set_prflx_acceptance_min_wait(Some(Duration::ZERO));
         if !self.advertise_ips.is_empty() {
-            // Advertise exactly the configured addresses: gather from loopback only (present
-            // on every host) and map it 1:1, so each address appears once, whatever
-            // interfaces the host or container has.
-            settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+            // Advertise exactly the configured addresses: gather from the loopback address only
+            // (present on every host) and map it 1:1, so each address appears once, whatever
+            // interfaces the host or container has. Exactly 127.0.0.1 and ::1: with more
+            // loopback addresses (127.0.0.2, ...) webrtc-ice maps none and offers no candidate.
+            settings.set_ip_filter(Box::new(|ip| {
+                ip == std::net::IpAddr::from([127, 0, 0, 1]) || ip == std::net::Ipv6Addr::LOCALHOST
+            }));
             settings.set_nat_1to1_ips(self.advertise_ips.clone(), RTCIceCandidateType::Host);
         }
 
