@@ -100,15 +100,7 @@ fn received_per_track(c: &Client) -> Vec<(String, usize)> {
 async fn forged_datagrams_from_anyone_are_refused_and_the_call_goes_on() {
     let server = TestServer::start().await;
     let url = server.ws_url();
-    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
-    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
-    let ids = vec![ann.participant_id().await, bob.participant_id().await];
-    for c in [&ann, &bob] {
-        wait_for("the call to flow", Duration::from_secs(15), || {
-            c.flowing_tracks(20) == 2
-        })
-        .await;
-    }
+    let (ann, bob, ids) = common::call_of_two(&url, "call").await;
     let rejected = |reason: &str| server.counter("rejected_datagrams", &[reason]);
     assert_eq!(rejected("malformed_rtp"), 0, "a clean call has none");
 
@@ -171,15 +163,7 @@ async fn forged_datagrams_from_anyone_are_refused_and_the_call_goes_on() {
 async fn answers_that_wedged_the_stack_are_refused_and_the_session_still_publishes() {
     let server = TestServer::start().await;
     let url = server.ws_url();
-    let ann = Client::join(&url, "call", "Ann", ClientOptions::default()).await;
-    let bob = Client::join(&url, "call", "Bob", ClientOptions::default()).await;
-    let ids = vec![ann.participant_id().await, bob.participant_id().await];
-    for c in [&ann, &bob] {
-        wait_for("the call to flow", Duration::from_secs(15), || {
-            c.flowing_tracks(20) == 2
-        })
-        .await;
-    }
+    let (ann, bob, ids) = common::call_of_two(&url, "call").await;
     let xena = Client::join(
         &url,
         "call",

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use common::{wait_for, Client, ClientOptions, TestServer};
+use common::{wait_for, TestServer};
 
-const CONNECT: Duration = Duration::from_secs(10);
 const T: Duration = Duration::from_secs(5);
 
 /// Candidates a connection may trickle in its life (`rtc/candidates.rs`).
@@ -20,11 +19,7 @@ const MAX_CANDIDATES: usize = 64;
 async fn trickled_candidates_are_capped_and_never_contacted() {
     let server = TestServer::start().await;
     let url = server.ws_url();
-    let ann = Client::join(&url, "ice", "Ann", ClientOptions::default()).await;
-    let bob = Client::join(&url, "ice", "Bob", ClientOptions::default()).await;
-    for c in [&ann, &bob] {
-        wait_for("the call to flow", CONNECT, || c.flowing_tracks(20) == 2).await;
-    }
+    let (ann, bob, _) = common::call_of_two(&url, "ice").await;
 
     // Decoys on loopback: had the server checked the candidates naming them, they would hear
     // STUN within a check interval or two.

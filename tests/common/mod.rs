@@ -40,6 +40,21 @@ where
     }
 }
 
+/// Ann and Bob in `room`, each publishing audio and video, once each receives both of the
+/// other's tracks; with their participant ids.
+pub async fn call_of_two(url: &str, room: &str) -> (Client, Client, Vec<String>) {
+    let ann = Client::join(url, room, "Ann", ClientOptions::default()).await;
+    let bob = Client::join(url, room, "Bob", ClientOptions::default()).await;
+    let ids = vec![ann.participant_id().await, bob.participant_id().await];
+    for c in [&ann, &bob] {
+        wait_for("the call to flow", Duration::from_secs(15), || {
+            c.flowing_tracks(20) == 2
+        })
+        .await;
+    }
+    (ann, bob, ids)
+}
+
 /// Every client leaves and closes its peer connection.
 pub async fn leave_all(clients: impl IntoIterator<Item = Client>) {
     for c in clients {
