@@ -82,6 +82,7 @@ pub struct TimeoutsConfig {
     pub ice_failed_ms: u64,
     pub session_idle_ms: u64,
     pub session_write_ms: u64,
+    pub media_silence_ms: u64,
     pub shutdown_ms: u64,
 }
 
@@ -144,6 +145,7 @@ impl Default for TimeoutsConfig {
             ice_failed_ms: 25_000,
             session_idle_ms: 30_000,
             session_write_ms: 10_000,
+            media_silence_ms: 20_000,
             shutdown_ms: 10_000,
         }
     }
@@ -280,6 +282,7 @@ impl Config {
             ("timeouts.ice_failed_ms", self.timeouts.ice_failed_ms),
             ("timeouts.session_idle_ms", self.timeouts.session_idle_ms),
             ("timeouts.session_write_ms", self.timeouts.session_write_ms),
+            ("timeouts.media_silence_ms", self.timeouts.media_silence_ms),
             ("timeouts.shutdown_ms", self.timeouts.shutdown_ms),
         ];
         for (key, value) in positive {
@@ -314,6 +317,12 @@ impl Config {
     /// How long one signalling message may take to reach a client's socket.
     pub fn session_write_timeout(&self) -> Duration {
         Duration::from_millis(self.timeouts.session_write_ms)
+    }
+
+    /// How long a connected publisher's unmuted tracks may bring no RTP before its media path
+    /// counts as dead.
+    pub fn media_silence_limit(&self) -> Duration {
+        Duration::from_millis(self.timeouts.media_silence_ms)
     }
 
     pub fn keyframe_request_interval(&self) -> Duration {

@@ -312,6 +312,7 @@ async fn fuzz_answers_against_a_live_offer() {
     peer.add_incoming(MediaKind::Audio).await.unwrap();
     peer.add_incoming(MediaKind::Video).await.unwrap();
     let offer = peer.create_offer().await.expect("the first offer");
+    let first_mlines = mlines(&offer);
     let answer = client_answer(&offer).await;
 
     let budget = (mutate::iterations(DEFAULT_ITERATIONS) / 200).max(200);
@@ -332,11 +333,18 @@ async fn fuzz_answers_against_a_live_offer() {
             Err(_) => refused += 1,
         }
         if !peer.awaiting_answer() {
-            if let Err(e) = peer.create_offer().await {
-                panic!(
+            match peer.create_offer().await {
+                Ok(next) => assert_eq!(
+                    mlines(&next),
+                    first_mlines,
+                    "iteration {i}: a later offer must keep the m-lines' order, kinds and mids \
+                     (JSEP; browsers refuse it otherwise), after answer:\n{}",
+                    String::from_utf8_lossy(&input)
+                ),
+                Err(e) => panic!(
                     "iteration {i}: the connection cannot offer any more ({e}) after answer:\n{}",
                     String::from_utf8_lossy(&input)
-                );
+                ),
             }
         }
         current = input;
@@ -351,6 +359,22 @@ async fn fuzz_answers_against_a_live_offer() {
     );
     peer.close().await;
     engine.close().await;
+}
+
+/// Each m-line's kind and mid, in order.
+fn mlines(sdp: &str) -> Vec<(String, Option<String>)> {
+    let parsed = webrtc::sdp::description::session::SessionDescription::unmarshal(
+        &mut std::io::Cursor::new(sdp),
+    )
+    .expect("the server's offer parses");
+    parsed
+        .media_descriptions
+        .iter()
+        .map(|m| {
+            let mid = m.attribute("mid").flatten().map(str::to_owned);
+            (m.media_name.media.clone(), mid)
+        })
+        .collect()
 }
 
 /// What a real webrtc-rs client answers to `offer`, publishing audio and video (§6.3 of the

@@ -236,3 +236,42 @@ async fn answers_that_wedged_the_stack_are_refused_and_the_session_still_publish
     common::leave_all(clients).await;
     server.assert_drained().await;
 }
+
+/// A publisher whose media stops while its connection stays up (a dead receive path, a stuck
+/// client) is told `media-timeout` and removed, rather than stay in the room as a zombie; the
+/// others see it leave and their call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_whose_media_stops_is_told_and_removed() {
+    let mut config = common::test_config();
+    config.timeouts.media_silence_ms = 1500;
+    let server = TestServer::start_with(config).await;
+    let url = server.ws_url();
+    let (ann, bob, _) = common::call_of_two(&url, "call").await;
+    let carl = Client::join(&url, "call", "Carl", ClientOptions::default()).await;
+    for c in [&ann, &bob, &carl] {
+        wait_for("the call of three to flow", Duration::from_secs(15), || {
+            c.flowing_tracks(20) == 4
+        })
+        .await;
+    }
+    // Ann's connection stays up (ICE keeps answering), but no RTP leaves her any more.
+    ann.stop_media();
+    let e = ann.wait_error(0, Duration::from_secs(5)).await;
+    assert_eq!(e["code"], "media-timeout", "{e}");
+    for c in [&bob, &carl] {
+        c.wait_message("Ann removed", T, |m| m["type"] == "participant-left")
+            .await;
+        let before = c.received_count();
+        wait_for("the others' call to go on", T, || {
+            c.received_count() > before + 50
+        })
+        .await;
+    }
+    assert!(
+        bob.messages_of("error").is_empty() && carl.messages_of("error").is_empty(),
+        "only Ann was told"
+    );
+    ann.close().await;
+    common::leave_all([bob, carl]).await;
+    server.assert_drained().await;
+}

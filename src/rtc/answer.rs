@@ -11,7 +11,7 @@
 //! The rules, m-line by m-line against the outstanding offer (docs/protocol.md states them for
 //! client authors):
 //! - the same number of m-lines, each of the offered kind and mid;
-//! - the direction complements the offer's: `recvonly` (the client publishes) is answered
+//! - exactly one direction attribute, which complements the offer's: `recvonly` (the client publishes) is answered
 //!   `sendonly` or `sendrecv`, `sendonly` (the client receives) `recvonly` or `sendrecv`, and
 //!   `inactive` (a stopped m-line) only `inactive` or with port 0; no live m-line is declined;
 //! - every payload type of a live m-line is a number with a well-formed `a=rtpmap`; at least
@@ -101,15 +101,21 @@ fn check_media(i: usize, o: &MediaDescription, a: &MediaDescription) -> Result<(
     check_codecs(i, o, a)
 }
 
-/// The m-line's direction attribute; none means `sendrecv` (RFC 4566 6).
+/// The m-line's one direction attribute. RFC 4566 reads none as `sendrecv`, but webrtc-rs 0.17
+/// reads it as no direction at all and then builds its next offer with the m-lines reordered
+/// (found by fuzzing: a browser refuses such an offer), so an answer must name its direction.
 fn direction(m: &MediaDescription) -> Result<&'static str, String> {
     let found: Vec<&'static str> = DIRECTIONS
         .into_iter()
         .filter(|d| m.has_attribute(d))
         .collect();
     match found[..] {
-        [] => Ok("sendrecv"),
         [one] => Ok(one),
+        [] => Err(format!(
+            "an m-line (mid {}) has no direction attribute: {}",
+            m.attribute("mid").flatten().unwrap_or_default(),
+            DIRECTIONS.join(", ")
+        )),
         _ => Err(format!(
             "an m-line has several directions: {}",
             found.join(", ")
@@ -292,6 +298,18 @@ mod tests {
             ("inactive", "96=VP8/90000"),
         );
         assert_eq!(check_answer(&offer(), &answer), Ok(()));
+    }
+
+    #[test]
+    fn an_answer_must_name_each_direction() {
+        let answer = answer_with(
+            ("sendonly", "111=opus/48000/2"),
+            ("recvonly", "96=VP8/90000"),
+            ("inactive", "96=VP8/90000"),
+        )
+        .replacen("a=sendonly\r\n", "a=sendonlyW\r\n", 1);
+        let e = check_answer(&offer(), &answer).expect_err("no direction");
+        assert!(e.contains("no direction attribute"), "{e}");
     }
 
     #[test]

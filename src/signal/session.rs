@@ -38,11 +38,6 @@ use crate::server::AppState;
 const MAX_ROOM_CHARS: usize = 64;
 const MAX_CID_CHARS: usize = 64;
 const MAX_CHAT_CHARS: usize = 4000;
-/// A publisher whose unmuted tracks bring no RTP for this long, while its connection stays up,
-/// has lost its media path (its SRTP reader failed, or its browser stopped sending): it is
-/// disconnected so that it reconnects, rather than stay in the room publishing nothing. Browsers
-/// send audio every 20-60 ms even when silent, and video at least once a second.
-const MEDIA_SILENCE_LIMIT: Duration = Duration::from_secs(20);
 /// The close frame's reason for a client that did not keep up (at most 123 bytes).
 const TOO_SLOW: &str = "too-slow: the client did not read its messages in time";
 /// The close frame's last chance: after a write deadline passed, the socket is probably still
@@ -108,7 +103,9 @@ enum End {
     Left,
     SocketClosed,
     PeerLost,
-    /// Connected, but its published media stopped arriving (see [`MEDIA_SILENCE_LIMIT`]).
+    /// Connected, but its published media stopped arriving (`timeouts.media_silence_ms`): its
+    /// media path is dead (its SRTP reader failed, or its browser stopped sending), and it is
+    /// disconnected so that it reconnects, rather than stay in the room publishing nothing.
     MediaLost,
     TimedOut,
     ServerShutdown,
@@ -255,7 +252,8 @@ impl Session {
         let lost_at = j
             .disconnected_since
             .map(|since| since + Duration::from_millis(t.peer_disconnected_ms));
-        [Some(idle_at), lost_at, j.media_silent_at()]
+        let silence = self.state.config.media_silence_limit();
+        [Some(idle_at), lost_at, j.media_silent_at(silence)]
             .into_iter()
             .flatten()
             .min()
@@ -328,7 +326,7 @@ impl Session {
         let silent = self
             .joined
             .as_ref()
-            .and_then(Joined::media_silent_at)
+            .and_then(|j| j.media_silent_at(self.state.config.media_silence_limit()))
             .is_some_and(|at| now >= at);
         silent.then_some(End::MediaLost)
     }
@@ -765,7 +763,7 @@ impl Session {
                 ErrorCode::MediaTimeout,
                 format!(
                     "no media arrived on your published tracks for {} s; reconnect to rejoin",
-                    MEDIA_SILENCE_LIMIT.as_secs()
+                    self.state.config.media_silence_limit().as_secs_f64()
                 ),
             ))
             .await;
@@ -819,7 +817,7 @@ impl Negotiation {
 impl Joined {
     /// When this publisher's media path counts as dead if nothing arrives before: the silence
     /// limit after the last packet, or after its latest unmuted track went live.
-    fn media_silent_at(&self) -> Option<Instant> {
+    fn media_silent_at(&self, limit: Duration) -> Option<Instant> {
         if !self.connected {
             return None;
         }
@@ -833,7 +831,7 @@ impl Joined {
             .peer
             .media_heard_at()
             .map_or(live_since, |h| h.max(live_since));
-        Some(heard + MEDIA_SILENCE_LIMIT)
+        Some(heard + limit)
     }
 
     async fn tell_room(&self, command: RoomCommand) {
