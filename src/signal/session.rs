@@ -683,6 +683,11 @@ impl Session {
         let Negotiation::Stable { dirty: true } = j.negotiation else {
             return;
         };
+        if !j.room_events.is_empty() {
+            // Room changes are waiting (a departed track's removal, say, whose event the client
+            // already has): the offer waits for them, and is made when the queue is drained.
+            return;
+        }
         let sdp = match j.peer.create_offer().await {
             Ok(sdp) => sdp,
             Err(e) => {
