@@ -172,6 +172,32 @@ pub struct Shared {
     /// The server's candidates that came before their offer was applied (a test that answers
     /// by hand applies the offer late): added once it is.
     pub early_candidates: Mutex<Vec<RTCIceCandidateInit>>,
+    /// What each receiving mid carries, from the `mids` table of the last offer applied:
+    /// (track id, publisher id). The server reuses m-lines, so a mid's track can change
+    /// while its media keeps flowing on the same SSRC, and only this table says whose it is.
+    pub recv_bindings: Mutex<HashMap<String, (String, String)>>,
+    /// Bumped whenever `recv_bindings` changes, so readers look it up only then.
+    pub bindings_generation: AtomicU64,
+}
+
+impl Shared {
+    /// Records an offer's receive bindings; called just before the offer is applied.
+    fn bind_mids(&self, offer: &Value) {
+        let mut bindings = HashMap::new();
+        for b in offer["mids"].as_array().into_iter().flatten() {
+            if b["direction"] == "recv" {
+                let field = |k: &str| b[k].as_str().unwrap_or_default().to_owned();
+                bindings.insert(field("mid"), (field("track_id"), field("participant_id")));
+            }
+        }
+        *self.recv_bindings.lock().unwrap() = bindings;
+        self.bindings_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The (track id, publisher id) that `mid` carries now.
+    fn binding(&self, mid: &str) -> Option<(String, String)> {
+        self.recv_bindings.lock().unwrap().get(mid).cloned()
+    }
 }
 
 pub struct Client {
@@ -315,24 +341,32 @@ impl Client {
         }
 
         let s = shared.clone();
-        pc.on_track(Box::new(move |track, receiver, _transceiver| {
+        pc.on_track(Box::new(move |track, receiver, transceiver| {
             let s = s.clone();
             let video = track.kind() == webrtc::rtp_transceiver::rtp_codec::RTPCodecType::Video;
-            let id = track.id();
-            let stream_id = track.stream_id();
+            let mid = transceiver.mid().map(|m| m.to_string()).unwrap_or_default();
+            // Whose track this is: the offer's mids table (the SDP's msid names only the first
+            // track a reused m-line carried).
+            let whose = {
+                let s = s.clone();
+                let fallback = (track.id(), track.stream_id());
+                move || s.binding(&mid).unwrap_or_else(|| fallback.clone())
+            };
             let clock_rate = track.codec().capability.clock_rate;
             let ssrc = track.ssrc();
-            s.received.lock().unwrap().insert(
-                id.clone(),
-                RecvTrack {
-                    track_id: id.clone(),
-                    stream_id,
-                    video,
-                    packets: Vec::new(),
-                    sender_reports: Vec::new(),
-                },
-            );
-            let (reports, report_id) = (s.clone(), id.clone());
+            let record_into =
+                move |received: &mut HashMap<String, RecvTrack>,
+                      (id, stream_id): (String, String)| {
+                    received.entry(id.clone()).or_insert_with(|| RecvTrack {
+                        track_id: id,
+                        stream_id,
+                        video,
+                        packets: Vec::new(),
+                        sender_reports: Vec::new(),
+                    });
+                };
+            record_into(&mut s.received.lock().unwrap(), whose());
+            let (reports, report_whose) = (s.clone(), whose.clone());
             tokio::spawn(async move {
                 while let Ok((packets, _)) = receiver.read_rtcp().await {
                     for packet in packets {
@@ -344,6 +378,7 @@ impl Client {
                         else {
                             continue;
                         };
+                        let (report_id, _) = report_whose();
                         let mut received = reports.received.lock().unwrap();
                         let Some(t) = received.get_mut(&report_id) else {
                             continue;
@@ -364,7 +399,14 @@ impl Client {
                 }
             });
             tokio::spawn(async move {
+                let mut generation = u64::MAX;
+                let mut current = whose();
                 while let Ok((p, _)) = track.read_rtp().await {
+                    let now_generation = s.bindings_generation.load(Ordering::SeqCst);
+                    if now_generation != generation {
+                        generation = now_generation;
+                        current = whose();
+                    }
                     let record = RecvPacket {
                         seq: p.header.sequence_number,
                         ts: p.header.timestamp,
@@ -372,9 +414,14 @@ impl Client {
                         at: Instant::now(),
                         recv_at_us: media::now_us(),
                     };
-                    if let Some(t) = s.received.lock().unwrap().get_mut(&id) {
+                    let mut received = s.received.lock().unwrap();
+                    if !received.contains_key(&current.0) {
+                        record_into(&mut received, current.clone());
+                    }
+                    if let Some(t) = received.get_mut(&current.0) {
                         t.packets.push(record);
                     }
+                    drop(received);
                     s.received_count.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -441,7 +488,7 @@ impl Client {
                 s.messages.lock().unwrap().push(v.clone());
                 match v["type"].as_str() {
                     Some("offer") if auto_answer => {
-                        if let Some(sdp) = answer(&pc2, &v).await {
+                        if let Some(sdp) = answer(&pc2, &s, &v).await {
                             let early = std::mem::take(&mut *s.early_candidates.lock().unwrap());
                             for init in early {
                                 let _ = pc2.add_ice_candidate(init).await;
@@ -666,7 +713,9 @@ impl Client {
             .messages_of("offer")
             .pop()
             .expect("an offer was received");
-        let sdp = answer(&self.pc, &offer).await.expect("the offer applies");
+        let sdp = answer(&self.pc, &self.shared, &offer)
+            .await
+            .expect("the offer applies");
         let early = std::mem::take(&mut *self.shared.early_candidates.lock().unwrap());
         for init in early {
             let _ = self.pc.add_ice_candidate(init).await;
@@ -736,7 +785,8 @@ fn frame_shape(opts: &ClientOptions, key: bool) -> (usize, usize) {
 }
 
 /// Applies an offer message and creates and applies the answer; returns the answer's SDP.
-async fn answer(pc: &RTCPeerConnection, offer: &Value) -> Option<String> {
+async fn answer(pc: &RTCPeerConnection, shared: &Shared, offer: &Value) -> Option<String> {
+    shared.bind_mids(offer);
     let sdp = offer["sdp"].as_str()?.to_owned();
     let offer = RTCSessionDescription::offer(sdp).ok()?;
     pc.set_remote_description(offer).await.ok()?;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub use codec::{Codec, MediaKind};
 pub use ids::{IdAllocator, ParticipantId, TrackId};
 pub use packet::RtpPacket;
+pub use rewrite::Continuation;
 use rewrite::SeqTsRewriter;
 
 #[derive(Debug, Clone)]
@@ -169,10 +170,43 @@ impl Router {
 
     /// Removes a producer; returns the subscribers that were consuming it.
     pub fn remove_producer(&mut self, track: TrackId) -> Vec<ParticipantId> {
+        self.end_producer(track)
+            .into_iter()
+            .map(|(subscriber, _)| subscriber)
+            .collect()
+    }
+
+    /// Removes a producer; returns each subscriber that was consuming it with where its copy
+    /// of the stream ended, for a consumer that later reuses the same outgoing stream
+    /// ([`Self::continue_consumer`]).
+    pub fn end_producer(&mut self, track: TrackId) -> Vec<(ParticipantId, Continuation)> {
         self.producers
             .remove(&track)
-            .map(|p| p.consumers.into_iter().map(|c| c.subscriber).collect())
+            .map(|p| {
+                p.consumers
+                    .into_iter()
+                    .map(|c| (c.subscriber, c.rewriter.continuation()))
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// The subscriber receives `track` on an outgoing stream that carried another track
+    /// before (a recycled transceiver): its sequence numbers and timestamps go on from where
+    /// that one ended. Call before [`Self::handle_consumer_ready`].
+    pub fn continue_consumer(
+        &mut self,
+        subscriber: ParticipantId,
+        track: TrackId,
+        from: Continuation,
+    ) {
+        let consumer = self
+            .producers
+            .get_mut(&track)
+            .and_then(|p| p.consumers.iter_mut().find(|c| c.subscriber == subscriber));
+        if let Some(c) = consumer {
+            c.rewriter.continue_from(from);
+        }
     }
 
     /// Adds `subscriber` as a consumer of `track`, paused until [`Self::handle_consumer_ready`].

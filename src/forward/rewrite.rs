@@ -17,6 +17,13 @@ pub struct SeqTsRewriter {
     offsets: Option<Offsets>,
 }
 
+/// The end of an output stream, carried from one consumer to the next on a recycled
+/// transceiver (see [`SeqTsRewriter::continuation`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Continuation {
+    last_out: Option<LastOut>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct LastOut {
     seq: u16,
@@ -49,6 +56,25 @@ impl SeqTsRewriter {
 
     pub fn has_source(&self) -> bool {
         self.offsets.is_some()
+    }
+
+    /// Where this consumer's output stream stands, so that another consumer writing to the
+    /// same outgoing stream later (a recycled transceiver: same SSRC at the subscriber) can go
+    /// on from it.
+    pub fn continuation(&self) -> Continuation {
+        Continuation {
+            last_out: self.last_out,
+        }
+    }
+
+    /// Goes on from a stream another rewriter wrote: the first packet out follows that
+    /// stream's last one (sequence number +1, timestamp advanced by the time that passed), so
+    /// the subscriber's jitter buffer sees one continuous stream on the reused SSRC. Only
+    /// before this rewriter's first packet; a later call changes nothing.
+    pub fn continue_from(&mut self, from: Continuation) {
+        if self.last_out.is_none() && self.offsets.is_none() {
+            self.last_out = from.last_out;
+        }
     }
 
     /// Map one input packet's (seq, ts) to the output's, rebasing on the first packet of a source.
@@ -183,5 +209,31 @@ mod tests {
         r.rewrite(1, 1000, t0);
         r.reset_source();
         assert_eq!(r.rewrite(9, 1, t0), Some((2, 1001)));
+    }
+
+    #[test]
+    fn a_continued_stream_follows_the_one_it_replaces() {
+        let t0 = Instant::now();
+        let mut first = SeqTsRewriter::new(90_000);
+        first.rewrite(100, 9_000, t0);
+        first.rewrite(101, 12_000, t0);
+        let mut next = SeqTsRewriter::new(90_000);
+        next.continue_from(first.continuation());
+        // A different publisher, much later: one continuous stream all the same.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(
+            next.rewrite(40_000, 7, later),
+            Some((102, 12_000 + 180_000))
+        );
+        assert_eq!(
+            next.rewrite(40_001, 3_007, later),
+            Some((103, 15_000 + 180_000))
+        );
+        // Continuing after the first packet would break the stream it already started.
+        next.continue_from(SeqTsRewriter::new(90_000).continuation());
+        assert_eq!(
+            next.rewrite(40_002, 6_007, later),
+            Some((104, 18_000 + 180_000))
+        );
     }
 }

@@ -284,3 +284,31 @@ fn loss_reports_keep_the_full_interval_even_after_an_answered_request() {
     r.handle_timeout(ms(500));
     assert_eq!(keyframe_requests(&drain(&mut r)), 1);
 }
+
+#[test]
+fn a_recycled_outgoing_stream_continues_where_the_last_track_on_it_ended() {
+    let t0 = Instant::now();
+    let mut r = router();
+    r.add_consumer(SUB_A, AUDIO);
+    r.handle_consumer_ready(SUB_A, AUDIO, t0);
+    r.handle_rtp(AUDIO, packet(7, 500, 96_000, b"opus"), t0);
+    r.handle_rtp(AUDIO, packet(7, 501, 96_960, b"opus"), t0);
+    drain(&mut r);
+    let ended = r.end_producer(AUDIO);
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].0, SUB_A);
+
+    // Another publisher's audio, sent to SUB_A on the same outgoing stream a second later.
+    const NEXT: TrackId = TrackId(12);
+    r.add_producer(NEXT, SUB_B, MediaKind::Audio, Codec::Opus, 48_000);
+    r.add_consumer(SUB_A, NEXT);
+    r.continue_consumer(SUB_A, NEXT, ended[0].1);
+    let t1 = t0 + Duration::from_secs(1);
+    r.handle_consumer_ready(SUB_A, NEXT, t1);
+    r.handle_rtp(NEXT, packet(9, 7, 123, b"opus"), t1);
+    r.handle_rtp(NEXT, packet(9, 8, 1_083, b"opus"), t1);
+    assert_eq!(
+        rtp_for(&drain(&mut r), SUB_A),
+        vec![(502, 96_960 + 48_000), (503, 96_960 + 48_000 + 960)]
+    );
+}

@@ -16,7 +16,7 @@ use std::time::Instant;
 use prometheus::{Histogram, IntCounter};
 
 use crate::forward::history::SendHistory;
-use crate::forward::{MediaKind, RtpPacket, TrackId};
+use crate::forward::{Continuation, MediaKind, RtpPacket, TrackId};
 use crate::metrics::Metrics;
 use crate::rtc::EgressWriter;
 
@@ -58,6 +58,10 @@ struct Outgoing {
 /// One subscriber's outgoing tracks.
 pub struct SubscriberEgress {
     tracks: HashMap<TrackId, Outgoing>,
+    /// Where each idle outgoing stream (a transceiver the session keeps for reuse) ended, by
+    /// stream key: the next track it carries goes on from there. At most one entry per
+    /// transceiver the subscriber's connection has.
+    parked: HashMap<u64, Continuation>,
     /// When the participant asked to join, until its first packet is sent: join-to-first-media
     /// is measured from here.
     joined_at: Option<Instant>,
@@ -67,18 +71,27 @@ impl SubscriberEgress {
     pub fn new(joined_at: Instant) -> Self {
         Self {
             tracks: HashMap::new(),
+            parked: HashMap::new(),
             joined_at: Some(joined_at),
         }
     }
 
-    pub fn add(&mut self, track: TrackId, writer: EgressWriter) {
+    /// Starts writing `track` through `writer`. Returns where the writer's stream ended when
+    /// it carried another track before, for the router to go on from.
+    pub fn add(&mut self, track: TrackId, writer: EgressWriter) -> Option<Continuation> {
+        let continued = self.parked.remove(&writer.stream_key());
         let history =
             (writer.kind() == MediaKind::Video).then(|| SendHistory::new(HISTORY_PACKETS));
         self.tracks.insert(track, Outgoing { writer, history });
+        continued
     }
 
-    pub fn remove(&mut self, track: TrackId) {
-        self.tracks.remove(&track);
+    /// Stops writing `track`; its stream's end is kept for the next track the same
+    /// transceiver carries.
+    pub fn park(&mut self, track: TrackId, ended: Continuation) {
+        if let Some(out) = self.tracks.remove(&track) {
+            self.parked.insert(out.writer.stream_key(), ended);
+        }
     }
 
     /// Writes one forwarded packet onto the subscriber's copy of `track`. A write that reaches

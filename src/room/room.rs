@@ -23,7 +23,9 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::outgoing::{EgressCounters, SubscriberEgress};
 use super::workers::Placement;
-use crate::forward::{MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId};
+use crate::forward::{
+    Continuation, MediaKind, Output, ParticipantId, Router, RouterConfig, RtpPacket, TrackId,
+};
 use crate::metrics::Metrics;
 use crate::rtc::{CodecSpec, EgressWriter};
 use crate::signal::protocol::{
@@ -439,7 +441,9 @@ impl RoomState {
                 };
                 let now = Instant::now();
                 for (track, writer) in tracks {
-                    member.egress.add(track, writer);
+                    if let Some(ended) = member.egress.add(track, writer) {
+                        self.router.continue_consumer(subscriber, track, ended);
+                    }
                     self.router.handle_consumer_ready(subscriber, track, now);
                 }
             }
@@ -524,23 +528,39 @@ impl RoomState {
     }
 
     fn handle_leave(&mut self, participant: ParticipantId, reason: LeaveReason) {
-        let Some(_member) = self.members.remove(&participant) else {
+        let Some(member) = self.members.remove(&participant) else {
             return;
         };
         self.metrics.participants.dec();
-        let tracks = self.router.remove_participant(participant);
+        let ended: Vec<_> = member
+            .tracks
+            .iter()
+            .map(|(track, _)| (track.id, self.router.end_producer(track.id)))
+            .collect();
+        // What it consumed, and tracks announced but not flowing yet.
+        self.router.remove_participant(participant);
         // The notice goes first, so clients know why the renegotiation that follows happens.
-        for m in self.members.values_mut() {
+        for m in self.members.values() {
             m.send(ServerMessage::ParticipantLeft {
                 participant_id: participant,
                 reason,
             });
-            for track in &tracks {
-                m.egress.remove(*track);
-                m.notify(SessionEvent::Unsubscribe { track: *track });
-            }
+        }
+        for (track, consumers) in ended {
+            self.unsubscribe_all(track, consumers);
         }
         info!(participant = %participant, ?reason, "left");
+    }
+
+    /// Tells each consumer of an ended track to stop receiving it, keeping where its stream
+    /// ended for the next track its transceiver carries.
+    fn unsubscribe_all(&mut self, track: TrackId, consumers: Vec<(ParticipantId, Continuation)>) {
+        for (subscriber, ended) in consumers {
+            if let Some(m) = self.members.get_mut(&subscriber) {
+                m.egress.park(track, ended);
+                m.notify(SessionEvent::Unsubscribe { track });
+            }
+        }
     }
 
     fn handle_track_started(
@@ -594,12 +614,8 @@ impl RoomState {
                 });
             }
         }
-        for subscriber in self.router.remove_producer(track) {
-            if let Some(m) = self.members.get_mut(&subscriber) {
-                m.egress.remove(track);
-                m.notify(SessionEvent::Unsubscribe { track });
-            }
-        }
+        let consumers = self.router.end_producer(track);
+        self.unsubscribe_all(track, consumers);
     }
 
     fn handle_mute(&mut self, participant: ParticipantId, track: TrackId, muted: bool) {

@@ -25,7 +25,6 @@ use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
-use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
 use webrtc::track::track_local::TrackLocal;
@@ -202,7 +201,6 @@ impl IncomingSlot {
 #[derive(Clone)]
 pub struct OutgoingTrack {
     track: Arc<ForwardedTrack>,
-    sender: Arc<RTCRtpSender>,
     transceiver: Arc<RTCRtpTransceiver>,
 }
 
@@ -231,6 +229,12 @@ impl EgressWriter {
             RTPCodecType::Audio => MediaKind::Audio,
             _ => MediaKind::Video,
         }
+    }
+
+    /// The outgoing stream this writes to: the same for every track a recycled transceiver
+    /// carries in turn (see [`Peer::park_outgoing`]).
+    pub fn stream_key(&self) -> u64 {
+        self.track.stream_key()
     }
 
     /// Sends `packet` at `now`. Returns the bytes written, 0 when the track is not bound (yet
@@ -552,12 +556,11 @@ impl Peer {
             Ok::<_, webrtc::Error>((transceiver, sender, ssrc))
         })
         .await??;
-        let rtcp_sender = sender.clone();
         let metrics = self.metrics.clone();
         let clock_rate = codec.clock_rate;
         self.runtime.spawn(async move {
             let _guard = guard;
-            while let Ok((packets, _)) = rtcp_sender.read_rtcp().await {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
                 for packet in packets {
                     let any = packet.as_any();
                     if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
@@ -581,20 +584,42 @@ impl Peer {
                 }
             }
         });
-        Ok(OutgoingTrack {
-            track,
-            sender,
-            transceiver,
-        })
+        Ok(OutgoingTrack { track, transceiver })
     }
 
-    /// Stops sending a track; the next offer marks its transceiver inactive.
-    pub async fn remove_outgoing(&self, track: &OutgoingTrack) {
-        let (pc, sender) = (self.pc.clone(), track.sender.clone());
-        let removed = on_worker(&self.runtime, async move { pc.remove_track(&sender).await });
-        if let Ok(Err(e)) = removed.await {
-            tracing::debug!(error = %e, "remove_track");
-        }
+    /// Stops sending a track and keeps its transceiver for the next track of the same codec
+    /// ([`Self::reuse_outgoing`]): the next offer marks its m-line inactive.
+    ///
+    /// Recycling is what keeps a long drop-in room alive: a removed m-line stays in every
+    /// later offer (JSEP never deletes one), so a connection that got a fresh transceiver per
+    /// track grew by an m-line per visitor's track, ~1 KiB of SDP that every renegotiation
+    /// parsed again, until negotiation took longer than the room could wait. Reusing them
+    /// keeps a connection's size to the most tracks it ever received at once.
+    ///
+    /// The sender is not stopped (`remove_track` would, for good: a stopped sender never
+    /// sends again) nor unbound (webrtc-rs cannot bind a track to a sender without one), so
+    /// the track stays bound, and the transceiver's direction alone keeps it silent: webrtc-rs
+    /// pauses the sender once the subscriber has answered, and the room no longer writes to it.
+    pub async fn park_outgoing(&self, track: &OutgoingTrack) {
+        let transceiver = track.transceiver.clone();
+        let _ = on_worker(&self.runtime, async move {
+            transceiver
+                .set_direction(RTCRtpTransceiverDirection::Inactive)
+                .await
+        })
+        .await;
+    }
+
+    /// Sends on a parked transceiver again: the next offer marks its m-line sendonly, and the
+    /// `mids` table of that offer names the track it now carries.
+    pub async fn reuse_outgoing(&self, track: &OutgoingTrack) -> Result<(), RtcError> {
+        let transceiver = track.transceiver.clone();
+        on_worker(&self.runtime, async move {
+            transceiver
+                .set_direction(RTCRtpTransceiverDirection::Sendonly)
+                .await
+        })
+        .await
     }
 
     /// Creates an offer and applies it locally; returns its SDP.

@@ -37,6 +37,9 @@ struct Binding {
 }
 
 pub struct ForwardedTrack {
+    /// Unique in this process: names the outgoing stream across the tracks it carries when
+    /// its transceiver is recycled.
+    stream_key: u64,
     id: String,
     stream_id: String,
     codec: RTCRtpCodecCapability,
@@ -52,13 +55,19 @@ impl ForwardedTrack {
         stream_id: String,
         streams: Arc<OutgoingStreams>,
     ) -> Self {
+        static NEXT_STREAM_KEY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
+            stream_key: NEXT_STREAM_KEY.fetch_add(1, Ordering::Relaxed),
             id,
             stream_id,
             codec,
             binding: RwLock::new(None),
             streams,
         }
+    }
+
+    pub fn stream_key(&self) -> u64 {
+        self.stream_key
     }
 
     /// Writes one packet at `now`; returns the bytes written, 0 when the track is not bound

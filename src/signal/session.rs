@@ -13,6 +13,8 @@
 //! misses either is disconnected with close code 1008 `too-slow`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
@@ -31,7 +33,8 @@ use crate::room::{
     IngestPacket, RoomCommand, RoomHandle, SessionEvent, Subscription, SESSION_EVENT_QUEUE,
 };
 use crate::rtc::{
-    Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
+    CodecSpec, Feedback, IncomingSlot, IncomingTrack, OutgoingTrack, Peer, PeerEvent, PeerState,
+    RtcError,
 };
 use crate::server::AppState;
 
@@ -209,6 +212,9 @@ struct Joined {
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     publications: HashMap<TrackId, Publication>,
     subscriptions: HashMap<TrackId, Subscribed>,
+    /// Outgoing transceivers whose track ended, kept for the next track of the same codec
+    /// (see `Peer::park_outgoing`): never more than the most tracks received at once.
+    idle_outgoing: Vec<IdleOutgoing>,
     negotiation: Negotiation,
     connected: bool,
     disconnected_since: Option<Instant>,
@@ -229,11 +235,41 @@ struct Publication {
 struct Subscribed {
     publisher: ParticipantId,
     kind: MediaKind,
+    codec: CodecSpec,
     out: OutgoingTrack,
+    feedback_to: FeedbackTarget,
     /// Part of an applied offer/answer, so its sender is bound.
     negotiated: bool,
     /// The room has been told it can forward to it.
     reported_ready: bool,
+}
+
+/// An outgoing transceiver between two tracks.
+struct IdleOutgoing {
+    kind: MediaKind,
+    codec: CodecSpec,
+    out: OutgoingTrack,
+    feedback_to: FeedbackTarget,
+}
+
+/// The track an outgoing transceiver's RTCP feedback (NACKs, keyframe requests) is about:
+/// the one it carries now, or none while it is idle. Shared with its RTCP reader, which lives
+/// as long as the transceiver.
+#[derive(Clone, Default)]
+struct FeedbackTarget(Arc<AtomicU64>);
+
+impl FeedbackTarget {
+    fn set(&self, track: Option<TrackId>) {
+        self.0.store(track.map_or(0, |t| t.0), Ordering::Relaxed);
+    }
+
+    /// Track ids start at 1: 0 means idle.
+    fn get(&self) -> Option<TrackId> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(TrackId(id)),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -611,6 +647,7 @@ impl Session {
             peer_events,
             publications: HashMap::new(),
             subscriptions: HashMap::new(),
+            idle_outgoing: Vec::new(),
             negotiation: Negotiation::Stable { dirty: false },
             connected: false,
             disconnected_since: None,
@@ -642,7 +679,14 @@ impl Session {
             SessionEvent::Subscribe(s) => j.subscribe(s, &self.state).await,
             SessionEvent::Unsubscribe { track } => {
                 if let Some(s) = j.subscriptions.remove(&track) {
-                    j.peer.remove_outgoing(&s.out).await;
+                    s.feedback_to.set(None);
+                    j.peer.park_outgoing(&s.out).await;
+                    j.idle_outgoing.push(IdleOutgoing {
+                        kind: s.kind,
+                        codec: s.codec,
+                        out: s.out,
+                        feedback_to: s.feedback_to,
+                    });
                     j.negotiation.mark_dirty();
                 }
             }
@@ -928,10 +972,59 @@ impl Joined {
 
     async fn subscribe(&mut self, s: Subscription, state: &AppState) {
         let track = s.track.id;
+        let idle = self
+            .idle_outgoing
+            .iter()
+            .position(|i| i.kind == s.track.kind && i.codec == s.codec);
+        let (out, feedback_to) = match idle {
+            Some(i) => {
+                let idle = self.idle_outgoing.swap_remove(i);
+                if let Err(e) = self.peer.reuse_outgoing(&idle.out).await {
+                    warn!(parent: &self.span, track = %track, error = %e, "cannot reuse a transceiver");
+                    return;
+                }
+                (idle.out, idle.feedback_to)
+            }
+            None => match self.add_outgoing(&s, state).await {
+                Ok(added) => added,
+                Err(e) => {
+                    warn!(parent: &self.span, track = %track, error = %e, "cannot subscribe");
+                    return;
+                }
+            },
+        };
+        feedback_to.set(Some(track));
+        self.subscriptions.insert(
+            track,
+            Subscribed {
+                publisher: s.publisher,
+                kind: s.track.kind,
+                codec: s.codec,
+                out,
+                feedback_to,
+                negotiated: false,
+                reported_ready: false,
+            },
+        );
+        self.negotiation.mark_dirty();
+    }
+
+    /// A new outgoing transceiver for `s`, whose RTCP feedback goes to the room about
+    /// whichever track it carries at the time.
+    async fn add_outgoing(
+        &self,
+        s: &Subscription,
+        state: &AppState,
+    ) -> Result<(OutgoingTrack, FeedbackTarget), RtcError> {
+        let feedback_to = FeedbackTarget::default();
+        let target = feedback_to.clone();
         let commands = self.room.commands.clone();
         let subscriber = self.id;
         let metrics = state.metrics.clone();
         let feedback = move |f: Feedback| {
+            let Some(track) = target.get() else {
+                return; // idle: about a track that ended
+            };
             let label = match f {
                 Feedback::Pli => "pli",
                 Feedback::Fir => "fir",
@@ -956,33 +1049,18 @@ impl Joined {
             // Throttled downstream anyway: if the room is busy, dropping a request is fine.
             let _ = commands.try_send(RoomCommand::KeyframeRequest { subscriber, track });
         };
-        let added = self
+        let out = self
             .peer
             .add_outgoing(
-                track.to_string(),
+                s.track.id.to_string(),
                 s.publisher.to_string(),
                 s.track.kind,
                 &s.codec,
                 feedback,
                 state.metrics.task("egress_rtcp"),
             )
-            .await;
-        match added {
-            Ok(out) => {
-                self.subscriptions.insert(
-                    track,
-                    Subscribed {
-                        publisher: s.publisher,
-                        kind: s.track.kind,
-                        out,
-                        negotiated: false,
-                        reported_ready: false,
-                    },
-                );
-                self.negotiation.mark_dirty();
-            }
-            Err(e) => warn!(parent: &self.span, track = %track, error = %e, "cannot subscribe"),
-        }
+            .await?;
+        Ok((out, feedback_to))
     }
 
     /// Tells the room which subscriptions can receive media now: negotiated and connected.

@@ -222,8 +222,13 @@ export class Call extends Emitter {
     }
     track.mst = mst;
     track.mid = binding.mid;
-    mst.addEventListener("unmute", () => this.changed());
-    mst.addEventListener("mute", () => this.changed());
+    // A reused m-line hands the same MediaStreamTrack to the next participant: listen once.
+    this.watchedRemote ??= new WeakSet();
+    if (!this.watchedRemote.has(mst)) {
+      this.watchedRemote.add(mst);
+      mst.addEventListener("unmute", () => this.changed());
+      mst.addEventListener("mute", () => this.changed());
+    }
     this.changed();
   }
 

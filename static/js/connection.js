@@ -5,7 +5,10 @@
 // is never applied before the offer it belongs to; each offer's `send` bindings get their local
 // track attached with replaceTrack on the transceiver with that mid before answering; `recv`
 // bindings are recorded before applying the offer, so `track` events can be mapped to their
-// participant. A Connection never reconnects: when it ends it emits "closed" once and the Call
+// participant. The server reuses m-lines: a mid whose binding names another track than before
+// carries that track from this offer on, on the same receiver (its MediaStreamTrack is the same
+// object), and the browser fires no `track` event when the m-line stayed active, so each offer's
+// table is compared with what was emitted. A Connection never reconnects: when it ends it emits "closed" once and the Call
 // decides what to do (a rejoin is a fresh Connection).
 
 import { Emitter } from "./util.js";
@@ -36,6 +39,7 @@ export class Connection extends Emitter {
     this.closed = false;
     this.recvByMid = new Map(); // mid -> recv binding of the latest offer
     this.sendByCid = new Map(); // cid -> send binding of the latest offer
+    this.emittedByMid = new Map(); // mid -> track_id last emitted as "track" for it
     this.stats = { offers: 0, answers: 0, candidatesIn: 0, candidatesOut: 0, errors: 0 };
     this.rttMs = null;
     this.queue = Promise.resolve();
@@ -147,7 +151,7 @@ export class Connection extends Emitter {
     };
     pc.ontrack = (event) => {
       const binding = this.recvByMid.get(event.transceiver.mid);
-      if (binding) this.emit("track", { binding, track: event.track, transceiver: event.transceiver });
+      if (binding) this.emitTrack(binding, event.transceiver);
     };
     pc.onnegotiationneeded = null; // the server is the only offerer
     pc.onconnectionstatechange = () => this.emit("pc-state", pc.connectionState);
@@ -165,6 +169,12 @@ export class Connection extends Emitter {
       else if (binding.direction === "send") this.sendByCid.set(binding.cid, binding);
     }
     await this.pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    // Reused m-lines that stayed active fired no `track` event: their new tracks start here.
+    for (const binding of this.recvByMid.values()) {
+      if (this.emittedByMid.get(binding.mid) === binding.track_id) continue;
+      const transceiver = this.pc.getTransceivers().find((t) => t.mid === binding.mid);
+      if (transceiver?.receiver.track) this.emitTrack(binding, transceiver);
+    }
     for (const binding of this.sendByCid.values()) {
       const transceiver = this.pc.getTransceivers().find((t) => t.mid === binding.mid);
       if (!transceiver) continue;
@@ -179,6 +189,13 @@ export class Connection extends Emitter {
     this.send({ type: "answer", sdp: this.pc.localDescription.sdp });
     this.stats.answers++;
     this.emit("offer-applied", { recv: [...this.recvByMid.values()], send: [...this.sendByCid.values()] });
+  }
+
+  /** Announces that `transceiver` now carries the track `binding` names (once per binding). */
+  emitTrack(binding, transceiver) {
+    if (this.emittedByMid.get(binding.mid) === binding.track_id) return;
+    this.emittedByMid.set(binding.mid, binding.track_id);
+    this.emit("track", { binding, track: transceiver.receiver.track, transceiver });
   }
 
   /** The server's track id for one of our cids, once an offer has bound it. */
