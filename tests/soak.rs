@@ -1,0 +1,321 @@
+//! A day in a drop-in room, against the real `plaza` binary: one participant stays (publishing
+//! and receiving) while visitors come one after another, each joining, publishing audio and
+//! video until the stayer receives it and it receives the stayer, then leaving (cleanly, by
+//! dropping its socket, or after never connecting at all). At the end the stayer still
+//! receives a newcomer and is received by it, its offers are no bigger than with one visitor
+//! present, and the server process's memory, file descriptors and tasks are back within 5 %
+//! of where they stood after the first visits.
+//!
+//! CI runs 40 visits; `PLAZA_SOAK_VISITS=500` is the long run recorded in docs/BENCHMARKS.md.
+//! The server is a separate process so that its own RSS and descriptors are what is measured.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Client, ClientOptions};
+
+const T: Duration = Duration::from_secs(10);
+const ROOM: &str = "drop-in";
+
+struct Server {
+    child: Child,
+    http: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on loopback with ephemeral ports; returns once it logged its address.
+fn spawn_plaza() -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plaza"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--advertise-ip",
+            "127.0.0.1",
+        ])
+        .env("PLAZA_RTC__UDP_BIND", "127.0.0.1")
+        .env("PLAZA_LOG__LEVEL", "info,webrtc=off")
+        .env("NO_COLOR", "1")
+        // Plaza refuses PLAZA_* variables it does not know: this one is the test's.
+        .env_remove("PLAZA_SOAK_VISITS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("plaza starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // `plaza listening http=127.0.0.1:41234 …`, in text or JSON, coloured or not.
+            if !line.contains("plaza listening") {
+                continue;
+            }
+            let address = listening_address(&line);
+            if let Some(address) = address {
+                let _ = tx.send(address);
+            }
+        }
+    });
+    let http = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("plaza logs `plaza listening` with its address within 20 s");
+    Server { child, http }
+}
+
+/// The HTTP address in the `plaza listening` line: what follows `http` (`=` in text logs,
+/// `":"` in JSON).
+fn listening_address(line: &str) -> Option<String> {
+    let at = line.find("http")? + "http".len();
+    let rest = line[at..].trim_start_matches(|c: char| "\"=: ".contains(c));
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+        .unwrap_or(rest.len());
+    (end > 0).then(|| rest[..end].to_owned())
+}
+
+impl Server {
+    fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    /// Resident memory of the server process, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    /// Threads of the server process (the runtime's workers and blocking pool).
+    fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    /// The sum of a metric's samples (all label values) from a scrape of /metrics.
+    async fn metric(&self, name: &str) -> f64 {
+        let body = get_body(&self.http, "/metrics").await;
+        body.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// GET over a fresh connection; the body.
+async fn get_body(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the server accepts HTTP");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: plaza\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("the request is written");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("the response is read");
+    let text = String::from_utf8_lossy(&buf);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// What the server holds, by the measures the soak compares.
+#[derive(Debug, Clone, Copy)]
+struct Footprint {
+    rss_kib: u64,
+    fds: usize,
+    tasks: f64,
+    threads: usize,
+}
+
+async fn footprint(server: &Server) -> Footprint {
+    Footprint {
+        rss_kib: server.rss_kib(),
+        fds: server.open_fds(),
+        tasks: server.metric("plaza_tasks").await,
+        threads: server.threads(),
+    }
+}
+
+/// Waits until the server holds the stayer alone again.
+async fn wait_alone(server: &Server) {
+    let deadline = Instant::now() + T;
+    loop {
+        let participants = server.metric("plaza_participants").await;
+        let connections = server.metric("plaza_peer_connections").await;
+        if participants == 1.0 && connections == 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server still had {participants} participants and {connections} peer \
+             connections {T:?} after a visitor left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One visitor: joins, publishes, is received by the stayer and receives it, then goes away
+/// in the way `i` picks; one in three never answers, so its peer connection never connects.
+async fn visit(url: &str, stayer: &Client, i: usize) {
+    let name = format!("Visitor{i}");
+    if i % 3 == 2 {
+        let v = Client::join(
+            url,
+            ROOM,
+            &name,
+            ClientOptions {
+                auto_answer: false,
+                ..ClientOptions::default()
+            },
+        )
+        .await;
+        v.wait_message("an offer", T, |m| m["type"] == "offer")
+            .await;
+        v.close().await;
+        return;
+    }
+    let known = stayer.flowing_tracks(1);
+    let v = Client::join(url, ROOM, &name, ClientOptions::default()).await;
+    wait_for(&format!("the stayer to receive visitor {i}"), T, || {
+        stayer.flowing_tracks(1) == known + 2
+    })
+    .await;
+    wait_for(&format!("visitor {i} to receive the stayer"), T, || {
+        v.flowing_tracks(10) == 2
+    })
+    .await;
+    if i % 3 == 0 {
+        v.leave();
+    } else {
+        v.kill_socket();
+    }
+    v.close().await;
+}
+
+fn sdp_of_last_offer(c: &Client) -> String {
+    c.messages_of("offer")
+        .last()
+        .and_then(|o| o["sdp"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn within(now: f64, start: f64, share: f64) -> bool {
+    now <= start * (1.0 + share)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drop_in_room_holds_for_hundreds_of_visitors() {
+    let server = spawn_plaza();
+    let url = server.ws_url();
+    let stayer = Client::join(&url, ROOM, "Stayer", ClientOptions::default()).await;
+    stayer.participant_id().await;
+
+    // The first visits settle what a room with visitors keeps for good: the stayer's two
+    // transceivers for visitors' tracks (reused by every visitor since) and the allocator's
+    // and runtime's working sets. The baseline is taken after them.
+    const WARM_UP: usize = 6;
+    for i in 0..WARM_UP {
+        visit(&url, &stayer, i).await;
+        wait_alone(&server).await;
+    }
+    let start = footprint(&server).await;
+    let sdp_with_one_visitor = stayer
+        .messages_of("offer")
+        .iter()
+        .map(|o| o["sdp"].as_str().unwrap_or_default().len())
+        .max()
+        .unwrap_or_default();
+
+    let visits: usize = std::env::var("PLAZA_SOAK_VISITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
+    let began = Instant::now();
+    for i in WARM_UP..WARM_UP + visits {
+        visit(&url, &stayer, i).await;
+        wait_alone(&server).await;
+    }
+    let took = began.elapsed();
+
+    // Tasks end as their connections do; wait for them, then compare.
+    let deadline = Instant::now() + T;
+    let mut end = footprint(&server).await;
+    while end.tasks > start.tasks && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        end = footprint(&server).await;
+    }
+    let sdp_now = sdp_of_last_offer(&stayer).len();
+    println!(
+        "{visits} visits in {:.0} s: RSS {} → {} KiB, fds {} → {}, tasks {} → {}, threads {} → {}; \
+         the stayer's offer {} bytes (the largest with one visitor present: {})",
+        took.as_secs_f64(),
+        start.rss_kib,
+        end.rss_kib,
+        start.fds,
+        end.fds,
+        start.tasks,
+        end.tasks,
+        start.threads,
+        end.threads,
+        sdp_now,
+        sdp_with_one_visitor,
+    );
+    assert!(
+        end.tasks <= start.tasks,
+        "tasks {} after {visits} visits, {} before",
+        end.tasks,
+        start.tasks
+    );
+    assert!(
+        within(end.fds as f64, start.fds as f64, 0.05),
+        "{} file descriptors after {visits} visits, {} before",
+        end.fds,
+        start.fds
+    );
+    assert!(
+        within(end.rss_kib as f64, start.rss_kib as f64, 0.05),
+        "RSS {} KiB after {visits} visits, {} KiB before",
+        end.rss_kib,
+        start.rss_kib
+    );
+    assert!(
+        sdp_now <= sdp_with_one_visitor,
+        "the stayer's offer is {sdp_now} bytes after {visits} visits, \
+         {sdp_with_one_visitor} with one visitor present"
+    );
+
+    // The stayer still receives a newcomer, and is received by it.
+    let known = stayer.flowing_tracks(1);
+    let last = Client::join(&url, ROOM, "Last", ClientOptions::default()).await;
+    wait_for("the stayer to receive the last newcomer", T, || {
+        stayer.flowing_tracks(1) == known + 2
+    })
+    .await;
+    wait_for("the newcomer to receive the stayer", T, || {
+        last.flowing_tracks(20) == 2
+    })
+    .await;
+    common::leave_all([stayer, last]).await;
+}
