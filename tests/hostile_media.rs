@@ -275,3 +275,107 @@ async fn a_publisher_whose_media_stops_is_told_and_removed() {
     common::leave_all([bob, carl]).await;
     server.assert_drained().await;
 }
+
+/// A STUN binding request to the server, as the ICE peer `ufrag` is the server's: webrtc-rs's
+/// UDP mux hands it to that connection by the USERNAME, whatever address it comes from.
+fn stun_request_for(ufrag: &str, n: u32) -> Vec<u8> {
+    use webrtc::stun::agent::TransactionId;
+    use webrtc::stun::attributes::ATTR_USERNAME;
+    use webrtc::stun::message::{Message, BINDING_REQUEST};
+    use webrtc::stun::textattrs::Username;
+    let mut m = Message::new();
+    m.build(&[
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(Username::new(ATTR_USERNAME, format!("{ufrag}:flood{n}"))),
+    ])
+    .expect("a STUN message builds");
+    m.raw
+}
+
+/// STUN carrying the username fragment of a connection whose offer is not answered yet was
+/// buffered for that connection until the buffer filled, then logged as an ERROR line per
+/// packet (70 MB of log in under three minutes). Now every call site writes at most a few
+/// lines per interval and counts the rest, the server's memory stays bounded, and a call in
+/// progress loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stun_flood_for_a_waiting_connection_is_counted_not_logged_per_packet() {
+    let server = common::process::PlazaProcess::start(&[]);
+    let url = server.ws_url();
+    let (ann, bob, ids) = common::call_of_two(&url, "call").await;
+    let waiting = Client::join(
+        &url,
+        "elsewhere",
+        "Wes",
+        ClientOptions {
+            auto_answer: false,
+            ..ClientOptions::default()
+        },
+    )
+    .await;
+    let offer = waiting
+        .wait_message("an offer", T, |m| m["type"] == "offer")
+        .await;
+    let ufrag = offer["sdp"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+        .expect("the offer has a ufrag")
+        .trim()
+        .to_owned();
+    let (lines_before, rss_before) = (server.log_lines(), server.rss_kib());
+    let suppressed_before = server.metric("plaza_log_lines_suppressed_total").await;
+
+    // 100,000 requests from 16 source ports.
+    const FLOOD: u32 = 100_000;
+    let mut sources = Vec::new();
+    for _ in 0..16 {
+        sources.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    }
+    for n in 0..FLOOD {
+        let request = stun_request_for(&ufrag, n);
+        let _ = sources[n as usize % sources.len()]
+            .send_to(&request, server.udp)
+            .await;
+        if n % 1000 == 999 {
+            // Let the server's receive loop keep up rather than measure the kernel's drops.
+            tokio::task::yield_now().await;
+        }
+    }
+    // The rate limit reports what it left out once per interval; wait for that report.
+    common::wait_for_async(
+        "the server to count log lines it left out",
+        Duration::from_secs(15),
+        || async { server.metric("plaza_log_lines_suppressed_total").await > suppressed_before },
+    )
+    .await;
+    let logged = server.log_lines() - lines_before;
+    let rss_growth = server.rss_kib().saturating_sub(rss_before);
+    println!(
+        "{FLOOD} STUN requests: {logged} log lines, RSS +{rss_growth} KiB, {} lines left out",
+        server.metric("plaza_log_lines_suppressed_total").await - suppressed_before
+    );
+    assert!(
+        logged <= 40,
+        "{logged} log lines for {FLOOD} STUN requests; the last: {:#?}",
+        server.log_tail()
+    );
+    assert!(
+        rss_growth < 32 * 1024,
+        "the server's RSS grew by {rss_growth} KiB during the flood"
+    );
+
+    // The call went on, complete.
+    for c in [&ann, &bob] {
+        assert!(
+            c.messages_of("participant-left").is_empty(),
+            "{} lost nobody",
+            c.name
+        );
+    }
+    let clients = [ann, bob];
+    stop_and_verify(&clients, &ids).await;
+    common::leave_all(clients).await;
+    waiting.close().await;
+}

@@ -11,134 +11,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::PlazaProcess;
 use common::{wait_for, Client, ClientOptions};
 
 const T: Duration = Duration::from_secs(10);
 const ROOM: &str = "drop-in";
-
-struct Server {
-    child: Child,
-    http: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on loopback with ephemeral ports; returns once it logged its address.
-fn spawn_plaza() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plaza"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--advertise-ip",
-            "127.0.0.1",
-        ])
-        .env("PLAZA_RTC__UDP_BIND", "127.0.0.1")
-        .env("PLAZA_LOG__LEVEL", "info,webrtc=off")
-        .env("NO_COLOR", "1")
-        // Plaza refuses PLAZA_* variables it does not know: this one is the test's.
-        .env_remove("PLAZA_SOAK_VISITS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("plaza starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // `plaza listening http=127.0.0.1:41234 …`, in text or JSON, coloured or not.
-            if !line.contains("plaza listening") {
-                continue;
-            }
-            let address = listening_address(&line);
-            if let Some(address) = address {
-                let _ = tx.send(address);
-            }
-        }
-    });
-    let http = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("plaza logs `plaza listening` with its address within 20 s");
-    Server { child, http }
-}
-
-/// The HTTP address in the `plaza listening` line: what follows `http` (`=` in text logs,
-/// `":"` in JSON).
-fn listening_address(line: &str) -> Option<String> {
-    let at = line.find("http")? + "http".len();
-    let rest = line[at..].trim_start_matches(|c: char| "\"=: ".contains(c));
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
-        .unwrap_or(rest.len());
-    (end > 0).then(|| rest[..end].to_owned())
-}
-
-impl Server {
-    fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http)
-    }
-
-    /// Resident memory of the server process, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the server's /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc status")
-    }
-
-    fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
-    }
-
-    /// Threads of the server process (the runtime's workers and blocking pool).
-    fn threads(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/task", self.child.id())).map_or(0, |d| d.count())
-    }
-
-    /// The sum of a metric's samples (all label values) from a scrape of /metrics.
-    async fn metric(&self, name: &str) -> f64 {
-        let body = get_body(&self.http, "/metrics").await;
-        body.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-}
-
-/// GET over a fresh connection; the body.
-async fn get_body(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("the server accepts HTTP");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: plaza\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("the request is written");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("the response is read");
-    let text = String::from_utf8_lossy(&buf);
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
 
 /// What the server holds, by the measures the soak compares.
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +28,7 @@ struct Footprint {
     threads: usize,
 }
 
-async fn footprint(server: &Server) -> Footprint {
+async fn footprint(server: &PlazaProcess) -> Footprint {
     Footprint {
         rss_kib: server.rss_kib(),
         fds: server.open_fds(),
@@ -159,7 +38,7 @@ async fn footprint(server: &Server) -> Footprint {
 }
 
 /// Waits until the server holds the stayer alone again.
-async fn wait_alone(server: &Server) {
+async fn wait_alone(server: &PlazaProcess) {
     let deadline = Instant::now() + T;
     loop {
         let participants = server.metric("plaza_participants").await;
@@ -227,7 +106,7 @@ fn within(now: f64, start: f64, share: f64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drop_in_room_holds_for_hundreds_of_visitors() {
-    let server = spawn_plaza();
+    let server = PlazaProcess::start(&[("PLAZA_LOG__LEVEL", "info,webrtc=off")]);
     let url = server.ws_url();
     let stayer = Client::join(&url, ROOM, "Stayer", ClientOptions::default()).await;
     stayer.participant_id().await;

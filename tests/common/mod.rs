@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mutate;
+pub mod process;
 pub mod verify;
 
 pub use plaza::client;
