@@ -80,6 +80,13 @@ pub enum PeerEvent {
     State(PeerState),
     /// Media started arriving on the transceiver with this mid.
     Track(IncomingTrack),
+    /// Media arrived on a receiving transceiver that was reused for another publication after
+    /// its first ended ([`Peer::reuse_incoming`]). webrtc-rs fires no new track for it (the
+    /// publisher's SSRC on that transceiver stays the same), so the owner's ingest sink, which
+    /// sees which publication its packets are for, reports it.
+    TrackResumed {
+        mid: String,
+    },
 }
 
 /// Feedback from a subscriber about one of our outgoing tracks.
@@ -473,6 +480,19 @@ impl Peer {
         })
         .await??;
         Ok(IncomingSlot { transceiver })
+    }
+
+    /// Receives on a slot again, for another publication of the same kind: the next offer
+    /// marks it recvonly, and the `mids` table of that offer names the new `cid`. Its ingest
+    /// (when it ran before) goes on reading the same track; see [`PeerEvent::TrackResumed`].
+    pub async fn reuse_incoming(&self, slot: &IncomingSlot) -> Result<(), RtcError> {
+        let transceiver = slot.transceiver.clone();
+        on_worker(&self.runtime, async move {
+            transceiver
+                .set_direction(RTCRtpTransceiverDirection::Recvonly)
+                .await
+        })
+        .await
     }
 
     /// Stops receiving on a slot: the next offer marks it inactive.

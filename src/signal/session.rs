@@ -210,7 +210,13 @@ struct Joined {
     /// (writes by `timeouts.session_write_ms`). A bounded queue would have to drop state
     /// changes, or make webrtc-rs's callbacks wait on us.
     peer_events: mpsc::UnboundedReceiver<PeerEvent>,
+    /// For the ingest sinks' [`PeerEvent::TrackResumed`].
+    peer_events_tx: mpsc::UnboundedSender<PeerEvent>,
     publications: HashMap<TrackId, Publication>,
+    /// Receiving transceivers whose publication ended, kept for the next publication of the
+    /// same kind (a screen share started again), so that a participant's connection does not
+    /// grow an m-line per share.
+    idle_incoming: Vec<IdleIncoming>,
     subscriptions: HashMap<TrackId, Subscribed>,
     /// Outgoing transceivers whose track ended, kept for the next track of the same codec
     /// (see `Peer::park_outgoing`): never more than the most tracks received at once.
@@ -227,9 +233,22 @@ struct Publication {
     source: TrackSource,
     muted: bool,
     slot: IncomingSlot,
+    /// Which publication the slot's packets are for; shared with its ingest sink.
+    ingest_to: TrackTarget,
+    /// The codec the slot's media arrives in, once its ingest runs (from an earlier
+    /// publication, when the slot is reused).
+    ingest_codec: Option<CodecSpec>,
     started: bool,
     /// Since when this track is expected to carry media: it started, or was unmuted.
     live_since: Option<Instant>,
+}
+
+/// A receiving transceiver between two publications.
+struct IdleIncoming {
+    kind: MediaKind,
+    slot: IncomingSlot,
+    ingest_to: TrackTarget,
+    ingest_codec: Option<CodecSpec>,
 }
 
 struct Subscribed {
@@ -237,7 +256,7 @@ struct Subscribed {
     kind: MediaKind,
     codec: CodecSpec,
     out: OutgoingTrack,
-    feedback_to: FeedbackTarget,
+    feedback_to: TrackTarget,
     /// Part of an applied offer/answer, so its sender is bound.
     negotiated: bool,
     /// The room has been told it can forward to it.
@@ -249,16 +268,16 @@ struct IdleOutgoing {
     kind: MediaKind,
     codec: CodecSpec,
     out: OutgoingTrack,
-    feedback_to: FeedbackTarget,
+    feedback_to: TrackTarget,
 }
 
-/// The track an outgoing transceiver's RTCP feedback (NACKs, keyframe requests) is about:
-/// the one it carries now, or none while it is idle. Shared with its RTCP reader, which lives
-/// as long as the transceiver.
+/// The track a recycled transceiver is about now, or none while it is idle: for an outgoing
+/// one, whose RTCP feedback (NACKs, keyframe requests) it is; for an incoming one, whose media.
+/// Shared with the transceiver's reader, which lives as long as the transceiver.
 #[derive(Clone, Default)]
-struct FeedbackTarget(Arc<AtomicU64>);
+struct TrackTarget(Arc<AtomicU64>);
 
-impl FeedbackTarget {
+impl TrackTarget {
     fn set(&self, track: Option<TrackId>) {
         self.0.store(track.map_or(0, |t| t.0), Ordering::Relaxed);
     }
@@ -491,7 +510,14 @@ impl Session {
                 let Some(p) = j.publications.remove(&track_id) else {
                     return Err(unknown_track(track_id));
                 };
+                p.ingest_to.set(None);
                 j.peer.stop_incoming(&p.slot).await;
+                j.idle_incoming.push(IdleIncoming {
+                    kind: p.kind,
+                    slot: p.slot,
+                    ingest_to: p.ingest_to,
+                    ingest_codec: p.ingest_codec,
+                });
                 j.negotiation.mark_dirty();
                 if p.started {
                     j.tell_room(RoomCommand::TrackEnded {
@@ -620,7 +646,7 @@ impl Session {
         let peer = match self
             .state
             .rtc
-            .new_peer(peer_tx, handle.runtime.clone())
+            .new_peer(peer_tx.clone(), handle.runtime.clone())
             .await
         {
             Ok(peer) => peer,
@@ -645,7 +671,9 @@ impl Session {
             peer,
             room_events,
             peer_events,
+            peer_events_tx: peer_tx,
             publications: HashMap::new(),
+            idle_incoming: Vec::new(),
             subscriptions: HashMap::new(),
             idle_outgoing: Vec::new(),
             negotiation: Negotiation::Stable { dirty: false },
@@ -716,6 +744,7 @@ impl Session {
                 }
             }
             PeerEvent::Track(incoming) => j.start_publication(incoming, &self.state).await,
+            PeerEvent::TrackResumed { mid } => j.resume_publication(&mid).await,
         }
         None
     }
@@ -894,18 +923,36 @@ impl Joined {
         state: &AppState,
     ) -> Result<(), ClientError> {
         for r in requests {
-            let slot = self.peer.add_incoming(r.kind).await.map_err(|e| {
-                warn!(parent: &self.span, error = %e, "cannot add a receiving transceiver");
-                ClientError::new(ErrorCode::Internal, "the server could not add the track")
-            })?;
+            let idle = self.idle_incoming.iter().position(|i| i.kind == r.kind);
+            let (slot, ingest_to, ingest_codec) = match idle {
+                Some(i) => {
+                    let idle = self.idle_incoming.swap_remove(i);
+                    self.peer.reuse_incoming(&idle.slot).await.map_err(|e| {
+                        warn!(parent: &self.span, error = %e, "cannot reuse a receiving transceiver");
+                        ClientError::new(ErrorCode::Internal, "the server could not add the track")
+                    })?;
+                    (idle.slot, idle.ingest_to, idle.ingest_codec)
+                }
+                None => {
+                    let slot = self.peer.add_incoming(r.kind).await.map_err(|e| {
+                        warn!(parent: &self.span, error = %e, "cannot add a receiving transceiver");
+                        ClientError::new(ErrorCode::Internal, "the server could not add the track")
+                    })?;
+                    (slot, TrackTarget::default(), None)
+                }
+            };
+            let track_id = state.ids.track();
+            ingest_to.set(Some(track_id));
             self.publications.insert(
-                state.ids.track(),
+                track_id,
                 Publication {
                     cid: r.cid.clone(),
                     kind: r.kind,
                     source: r.source,
                     muted: r.muted,
                     slot,
+                    ingest_to,
+                    ingest_codec,
                     started: false,
                     live_since: None,
                 },
@@ -927,6 +974,69 @@ impl Joined {
         if incoming.kind != p.kind {
             return;
         }
+        p.ingest_codec = Some(incoming.codec.clone());
+        let target = p.ingest_to.clone();
+        let (events, mid) = (self.peer_events_tx.clone(), incoming.mid.clone());
+        let media = self.room.media.clone();
+        let kind = p.kind;
+        let overflow = state
+            .metrics
+            .dropped_packets
+            .with_label_values(&["room_queue_full"]);
+        // The publication this transceiver's packets were last for: when a reused transceiver's
+        // media comes back for the next one, the session hears of it once.
+        let mut current = track_id;
+        incoming.start_ingest(
+            move |packet| {
+                let Some(track) = target.get() else {
+                    return true; // between two publications: nobody's
+                };
+                if track != current {
+                    current = track;
+                    let _ = events.send(PeerEvent::TrackResumed { mid: mid.clone() });
+                }
+                match media.try_send(IngestPacket {
+                    track,
+                    kind,
+                    packet,
+                    received_at: std::time::Instant::now(),
+                }) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        overflow.inc();
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            },
+            (
+                state.metrics.task("ingest"),
+                state.metrics.task("ingest_rtcp"),
+            ),
+        );
+        self.announce_publication(track_id).await;
+    }
+
+    /// Media came back on a reused receiving transceiver, for the publication it now carries.
+    async fn resume_publication(&mut self, mid: &str) {
+        let found = self
+            .publications
+            .iter()
+            .find(|(_, p)| !p.started && p.slot.mid().as_deref() == Some(mid))
+            .map(|(id, _)| *id);
+        if let Some(track_id) = found {
+            self.announce_publication(track_id).await;
+        }
+    }
+
+    /// The publication's media flows: the room forwards it from now on.
+    async fn announce_publication(&mut self, track_id: TrackId) {
+        let Some(p) = self.publications.get_mut(&track_id) else {
+            return;
+        };
+        let Some(codec) = p.ingest_codec.clone() else {
+            return;
+        };
         p.started = true;
         p.live_since = Some(Instant::now());
         let info = TrackInfo {
@@ -935,32 +1045,6 @@ impl Joined {
             source: p.source,
             muted: p.muted,
         };
-        let codec = incoming.codec.clone();
-        let media = self.room.media.clone();
-        let kind = p.kind;
-        let overflow = state
-            .metrics
-            .dropped_packets
-            .with_label_values(&["room_queue_full"]);
-        incoming.start_ingest(
-            move |packet| match media.try_send(IngestPacket {
-                track: track_id,
-                kind,
-                packet,
-                received_at: std::time::Instant::now(),
-            }) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    overflow.inc();
-                    true
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-            (
-                state.metrics.task("ingest"),
-                state.metrics.task("ingest_rtcp"),
-            ),
-        );
         debug!(parent: &self.span, track = %track_id, codec = %codec.mime_type, "media started");
         self.tell_room(RoomCommand::TrackStarted {
             participant: self.id,
@@ -1015,8 +1099,8 @@ impl Joined {
         &self,
         s: &Subscription,
         state: &AppState,
-    ) -> Result<(OutgoingTrack, FeedbackTarget), RtcError> {
-        let feedback_to = FeedbackTarget::default();
+    ) -> Result<(OutgoingTrack, TrackTarget), RtcError> {
+        let feedback_to = TrackTarget::default();
         let target = feedback_to.clone();
         let commands = self.room.commands.clone();
         let subscriber = self.id;

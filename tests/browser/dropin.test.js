@@ -106,4 +106,24 @@ describe("a drop-in room", { timeout: 240_000 }, () => {
     assert.equal(await transceivers(), 6, "Stella's own two, two reused for the second visitor, two for the third");
     for (const v of [second, third]) await leave(v);
   });
+
+  it("sharing the screen again and again reuses one m-line, and every share is seen", async () => {
+    const viewer = await visitor(20);
+    await expectVideoPlaying(viewer.page, tile(await participantId(S)), 1, { timeout: 15_000 });
+    const stella = await participantId(S);
+    const screenTile = `#screens .tile[data-kind="screen"][data-pid="${stella}"]`;
+    const mine = () => S.evaluate(() => window.plaza.pc.getTransceivers().filter((t) => t.sender.track || t.currentDirection === "sendonly" || t.direction === "sendonly").length);
+    let sending = null;
+    for (let share = 0; share < 3; share++) {
+      await S.click("#btn-screen");
+      await viewer.page.waitForSelector(screenTile, { timeout: 10_000 });
+      await expectVideoPlaying(viewer.page, screenTile, 1, { minFrames: 5, timeout: 10_000 });
+      sending ??= await mine();
+      assert.equal(await mine(), sending, `Stella's sending transceivers during share ${share + 1}`);
+      await S.click("#btn-screen");
+      await waitInPage(viewer.page, "the screen-share tile to go away", (sel) => !document.querySelector(sel), screenTile, 10_000);
+    }
+    assert.equal(sending, 3, "microphone, camera, and one for every screen share");
+    await viewer.page.closeAll();
+  });
 });
