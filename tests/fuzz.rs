@@ -16,87 +16,13 @@
 mod common;
 
 use common::mutate::{self, Mutator};
+use common::signal_seeds::{SIGNAL_DICTIONARY, SIGNAL_SEEDS};
 use plaza::forward::{ParticipantId, TrackId};
 use plaza::signal::protocol::{parse_client_message, ClientMessage, ErrorCode, CLIENT_TYPES};
 use plaza::signal::text;
 use serde_json::Value;
 
 const DEFAULT_ITERATIONS: u64 = 200_000;
-
-/// Well-formed messages of every type, and a few of each kind of wrong, as a client sends
-/// them: the mutations start from here.
-const SIGNAL_SEEDS: &[&str] = &[
-    r#"{"type":"join","version":1,"room":"standup","name":"Ann","publish":[{"cid":"mic","kind":"audio","source":"microphone","muted":false},{"cid":"cam","kind":"video","source":"camera"}]}"#,
-    r#"{"type":"join","version":1,"room":"r","name":"Bob"}"#,
-    r#"{"type":"publish","tracks":[{"cid":"screen","kind":"video","source":"screen"},{"cid":"sa","kind":"audio","source":"screen-audio"}]}"#,
-    r#"{"type":"publish","tracks":[]}"#,
-    r#"{"type":"unpublish","track_id":"t12"}"#,
-    r#"{"type":"mute","track_id":"t3","muted":true}"#,
-    r#"{"type":"answer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"}"#,
-    r#"{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"abcd"}}"#,
-    r#"{"type":"candidate","candidate":null}"#,
-    r#"{"type":"chat","text":"hello\nworld 👩‍💻"}"#,
-    r#"{"type":"chat","text":"psst","to":"p7"}"#,
-    r#"{"type":"ping","id":18446744073709551615}"#,
-    r#"{"type":"ping"}"#,
-    r#"{"type":"leave"}"#,
-    r#"{"type":"dance"}"#,
-    r#"{"type":"chat","text":"x","to":"p+1"}"#,
-    r#"[1,2,3]"#,
-    r#"{"type":5}"#,
-];
-
-/// Tokens of the protocol worth splicing in.
-const SIGNAL_DICTIONARY: &[&str] = &[
-    "\"type\"",
-    "\"join\"",
-    "\"publish\"",
-    "\"unpublish\"",
-    "\"mute\"",
-    "\"answer\"",
-    "\"candidate\"",
-    "\"chat\"",
-    "\"ping\"",
-    "\"leave\"",
-    "version",
-    "room",
-    "name",
-    "tracks",
-    "track_id",
-    "muted",
-    "sdp",
-    "sdpMid",
-    "sdpMLineIndex",
-    "usernameFragment",
-    "text",
-    "to",
-    "id",
-    "cid",
-    "kind",
-    "source",
-    "audio",
-    "video",
-    "camera",
-    "microphone",
-    "screen",
-    "screen-audio",
-    "other",
-    "p1",
-    "t1",
-    "p0",
-    "t0",
-    "p+1",
-    "t-1",
-    "t007",
-    "p18446744073709551616",
-    "null",
-    "true",
-    "false",
-    "\\u0000",
-    "\\u202e",
-    "\\ud83d\\ude00",
-    "\\ud800",
-];
 
 /// Every code an unreadable message can get from the parser (the rest need a session).
 const PARSER_CODES: &[&str] = &["malformed-message", "unknown-type", "invalid-message"];

@@ -8,6 +8,7 @@
 
 pub mod mutate;
 pub mod process;
+pub mod signal_seeds;
 pub mod verify;
 
 pub use plaza::client;

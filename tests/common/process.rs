@@ -97,9 +97,15 @@ impl PlazaProcess {
         let stderr = child.stderr.take().expect("piped stderr");
         read_lines(stdout, lines.clone(), tail.clone(), tx.clone());
         read_lines(stderr, lines.clone(), tail.clone(), tx);
-        let (http, udp) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("plaza logs `plaza listening` with its addresses within 20 s");
+        let Ok((http, udp)) = rx.recv_timeout(Duration::from_secs(20)) else {
+            // Not left running: it would hold whatever it inherited (a test runner's lock).
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "plaza logs `plaza listening` with its addresses within 20 s; it logged: {:#?}",
+                tail.lock().unwrap()
+            );
+        };
         PlazaProcess {
             child,
             http,
