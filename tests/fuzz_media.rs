@@ -309,8 +309,8 @@ async fn fuzz_answers_against_a_live_offer() {
         .new_peer(events, tokio::runtime::Handle::current())
         .await
         .expect("a peer");
-    peer.add_incoming(MediaKind::Audio).await.unwrap();
-    peer.add_incoming(MediaKind::Video).await.unwrap();
+    peer.add_incoming(MediaKind::Audio, false).await.unwrap();
+    peer.add_incoming(MediaKind::Video, false).await.unwrap();
     let offer = peer.create_offer().await.expect("the first offer");
     let first_mlines = mlines(&offer);
     let answer = client_answer(&offer).await;

@@ -88,6 +88,37 @@ fn vp8_keyframe_start(p: &[u8]) -> bool {
     p.get(at).is_some_and(|header| header & 0x01 == 0)
 }
 
+/// The picture size a keyframe declares (RFC 6386 §9.1: after the 3-byte frame tag, the start
+/// code `9d 01 2a`, then 14-bit width and height), from the packet that starts it. `None` for
+/// anything else: other codecs, interframes, truncated or malformed payloads.
+pub fn vp8_keyframe_size(p: &[u8]) -> Option<(u16, u16)> {
+    if !vp8_keyframe_start(p) {
+        return None;
+    }
+    // The descriptor's length again, now that it is known to be well formed.
+    let mut at = 1;
+    if p[0] & 0x80 != 0 {
+        let ext = p[1];
+        at += 1;
+        if ext & 0x80 != 0 {
+            at += if p[at] & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    let header = p.get(at..at + 10)?;
+    if header[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u16::from_le_bytes([header[6], header[7]]) & 0x3fff;
+    let height = u16::from_le_bytes([header[8], header[9]]) & 0x3fff;
+    Some((width, height))
+}
+
 /// RFC 9628: B (beginning of frame) set and P (inter-picture predicted) clear.
 fn vp9_keyframe_start(p: &[u8]) -> bool {
     p.first().is_some_and(|&d| d & 0x08 != 0 && d & 0x40 == 0)
@@ -177,5 +208,25 @@ mod tests {
         assert_eq!(Codec::from_mime("audio/opus"), Codec::Opus);
         assert_eq!(Codec::from_mime("video/h264"), Codec::H264);
         assert_eq!(Codec::from_mime("video/x-unknown"), Codec::Other);
+    }
+
+    #[test]
+    fn vp8_keyframes_declare_their_size() {
+        // Extended descriptor with a 15-bit picture id, then a keyframe header for 640x360.
+        let key = [
+            0x90, 0x80, 0x81, 0x23, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_keyframe_size(&key), Some((640, 360)));
+        assert_eq!(vp8_keyframe_size(&key[..12]), None, "truncated");
+        let mut delta = key;
+        delta[4] |= 0x01;
+        assert_eq!(
+            vp8_keyframe_size(&delta),
+            None,
+            "interframes declare nothing"
+        );
+        let mut garbled = key;
+        garbled[7] = 0;
+        assert_eq!(vp8_keyframe_size(&garbled), None);
     }
 }

@@ -84,6 +84,13 @@ pub enum RoomCommand {
         subscriber: ParticipantId,
         track: TrackId,
     },
+    /// How the subscriber shows `track` (see `ClientMessage::TrackView`).
+    TrackView {
+        subscriber: ParticipantId,
+        track: TrackId,
+        visible: bool,
+        height: Option<u16>,
+    },
 }
 
 /// Capacity of each member's event queue (room → session). A healthy session empties it as
@@ -122,6 +129,8 @@ pub struct JoinAccepted {
 pub struct IngestPacket {
     pub track: TrackId,
     pub kind: MediaKind,
+    /// The simulcast layer (0 = lowest; 0 for a single encoding).
+    pub layer: u8,
     pub packet: RtpPacket,
     /// When webrtc-rs handed it to us (decrypted), for the forwarding delay.
     pub received_at: std::time::Instant,
@@ -250,6 +259,7 @@ impl RoomTask {
                 command = commands.recv() => {
                     let Some(command) = command else { break };
                     state.handle_command(command).await;
+                    state.router.refresh_demand();
                     self.count_members(&state, &participants);
                     if state.members.is_empty() {
                         break;
@@ -264,6 +274,7 @@ impl RoomTask {
                         received.push(p.received_at);
                         state.handle_media(p, now);
                     }
+                    state.router.refresh_demand_if_layers_appeared();
                 }
                 _ = sleep_until(keyframe_deadline), if keyframe_deadline.is_some() => {
                     state.router.handle_timeout(Instant::now());
@@ -462,6 +473,15 @@ impl RoomState {
             RoomCommand::KeyframeRequest { subscriber, track } => {
                 self.router
                     .handle_keyframe_request(subscriber, track, Instant::now());
+            }
+            RoomCommand::TrackView {
+                subscriber,
+                track,
+                visible,
+                height,
+            } => {
+                self.router
+                    .set_consumer_view(subscriber, track, visible, height, Instant::now());
             }
         }
     }
@@ -684,7 +704,8 @@ impl RoomState {
         let k = p.kind as usize;
         self.in_packets[k].inc();
         self.in_bytes[k].inc_by(p.packet.wire_size() as u64);
-        self.router.handle_rtp(p.track, p.packet, now);
+        self.router
+            .handle_layer_rtp(p.track, p.layer, p.packet, now);
     }
 
     /// Carries out what the router decided: writes forwarded packets, relays keyframe
@@ -712,6 +733,23 @@ impl RoomState {
                 } => {
                     if let Some(m) = self.members.get(&publisher) {
                         m.notify(SessionEvent::RequestKeyframe { ssrc });
+                    }
+                }
+                Output::LayersWanted {
+                    publisher,
+                    track,
+                    max_layer,
+                } => {
+                    if let Some(m) = self.members.get(&publisher) {
+                        let rids = crate::rtc::simulcast::SIMULCAST_RIDS;
+                        let wanted = max_layer.map_or(0, |l| usize::from(l) + 1);
+                        m.notify(SessionEvent::Send(ServerMessage::TrackLayers {
+                            track_id: track,
+                            rids: rids[..wanted.min(rids.len())]
+                                .iter()
+                                .map(|r| r.to_string())
+                                .collect(),
+                        }));
                     }
                 }
             }

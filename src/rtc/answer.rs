@@ -16,6 +16,7 @@
 //!   `inactive` (a stopped m-line) only `inactive` or with port 0; no live m-line is declined;
 //! - every payload type of a live m-line is a number with a well-formed `a=rtpmap`; at least
 //!   one was offered there, and those that were keep the offered codec and clock rate;
+//! - rids (simulcast) only where the offer asked for them, and only the offered ones;
 //! - ICE credentials and a DTLS fingerprint, at session or media level.
 
 use webrtc::sdp::description::media::MediaDescription;
@@ -98,6 +99,15 @@ fn check_media(i: usize, o: &MediaDescription, a: &MediaDescription) -> Result<(
             allowed.join(" or ")
         ));
     }
+    let rids: Vec<&str> = a
+        .attributes
+        .iter()
+        .filter(|x| x.key == "rid")
+        .map(|x| x.value.as_deref().unwrap_or(""))
+        .collect();
+    let simulcast_offered = o.has_attribute("simulcast");
+    super::simulcast::check_answered_rids(simulcast_offered, &rids)
+        .map_err(|e| format!("m-line {i} (mid {}): {e}", mid(o).unwrap_or_default()))?;
     check_codecs(i, o, a)
 }
 

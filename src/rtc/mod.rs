@@ -13,6 +13,7 @@ mod candidates;
 mod egress;
 mod guard;
 mod peer;
+pub mod simulcast;
 pub mod stun;
 mod telemetry;
 mod track;

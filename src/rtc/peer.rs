@@ -23,7 +23,7 @@ use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
@@ -101,6 +101,8 @@ pub enum Feedback {
 /// A published track that started arriving: call [`IncomingTrack::start_ingest`] to read it.
 pub struct IncomingTrack {
     pub mid: String,
+    /// The spatial layer (0 = lowest) of a simulcast stream; 0 for a single encoding.
+    pub layer: u8,
     pub kind: MediaKind,
     pub ssrc: u32,
     pub codec: CodecSpec,
@@ -261,6 +263,11 @@ pub struct Peer {
     /// Its outgoing streams' SRTP writers, for the tracks it sends.
     outgoing_streams: Arc<OutgoingStreams>,
     candidates: Arc<RemoteCandidates>,
+    /// Receiving transceivers whose m-lines ask for simulcast in every offer.
+    simulcast_slots: std::sync::Mutex<Vec<Arc<RTCRtpTransceiver>>>,
+    /// The offer as the client got it (amended for simulcast): what its answer is checked
+    /// against.
+    sent_offer: std::sync::Mutex<Option<String>>,
     heard: Arc<MediaHeard>,
     metrics: Metrics,
     _counted: PeerCounted,
@@ -326,6 +333,20 @@ impl RtcEngine {
     ) -> Result<Peer, RtcError> {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
+        // Simulcast receive: without these webrtc-rs cannot tell a publisher's layers apart.
+        for uri in [
+            webrtc::sdp::extmap::SDES_MID_URI,
+            webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+            webrtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+        ] {
+            media.register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: uri.to_owned(),
+                },
+                RTPCodecType::Video,
+                Some(RTCRtpTransceiverDirection::Recvonly),
+            )?;
+        }
         let outgoing_streams = Arc::new(OutgoingStreams::default());
         let registry = register_interceptors(
             Registry::new(),
@@ -425,7 +446,12 @@ impl RtcEngine {
         let track_heard = heard.clone();
         pc.on_track(Box::new(move |remote, receiver, transceiver| {
             let codec = remote.codec().capability;
+            let Some(layer) = super::simulcast::layer_of_rid(remote.rid()) else {
+                // The answer check lets only offered rids through; anything else is not read.
+                return Box::pin(async {});
+            };
             let track = IncomingTrack {
+                layer,
                 mid: transceiver.mid().map(|m| m.to_string()).unwrap_or_default(),
                 kind: match remote.kind() {
                     RTPCodecType::Audio => MediaKind::Audio,
@@ -457,6 +483,8 @@ impl RtcEngine {
             runtime,
             outgoing_streams,
             candidates: Arc::default(),
+            simulcast_slots: Default::default(),
+            sent_offer: Default::default(),
             heard,
             metrics: self.metrics.clone(),
             _counted: counted,
@@ -465,8 +493,13 @@ impl RtcEngine {
 }
 
 impl Peer {
-    /// Offers a recvonly transceiver for the participant to publish one track on.
-    pub async fn add_incoming(&self, kind: MediaKind) -> Result<IncomingSlot, RtcError> {
+    /// Offers a recvonly transceiver for the participant to publish one track on; with
+    /// `simulcast` (video only) the offer asks for the layers of [`super::simulcast`].
+    pub async fn add_incoming(
+        &self,
+        kind: MediaKind,
+        simulcast: bool,
+    ) -> Result<IncomingSlot, RtcError> {
         let pc = self.pc.clone();
         let transceiver = on_worker(&self.runtime, async move {
             pc.add_transceiver_from_kind(
@@ -479,6 +512,12 @@ impl Peer {
             .await
         })
         .await??;
+        if simulcast && kind == MediaKind::Video {
+            self.simulcast_slots
+                .lock()
+                .unwrap()
+                .push(transceiver.clone());
+        }
         Ok(IncomingSlot { transceiver })
     }
 
@@ -652,6 +691,15 @@ impl Peer {
             Ok::<_, webrtc::Error>(sdp)
         })
         .await??;
+        let simulcast_mids: Vec<String> = {
+            let slots = self.simulcast_slots.lock().unwrap();
+            slots
+                .iter()
+                .filter_map(|t| t.mid().map(|m| m.to_string()))
+                .collect()
+        };
+        let sdp = super::simulcast::ask_for_simulcast(&sdp, &simulcast_mids);
+        *self.sent_offer.lock().unwrap() = Some(sdp.clone());
         Ok(sdp)
     }
 
@@ -661,12 +709,14 @@ impl Peer {
     /// answers it cannot negotiate after, and consumes the offer before some of its own checks.
     pub async fn apply_answer(&self, sdp: String) -> Result<(), RtcError> {
         let pc = self.pc.clone();
+        let sent = self.sent_offer.lock().unwrap().clone();
         on_worker(&self.runtime, async move {
             let offer = pc
                 .pending_local_description()
                 .await
                 .ok_or_else(|| RtcError::BadDescription("no offer is outstanding".into()))?;
-            super::answer::check_answer(&offer.sdp, &sdp).map_err(RtcError::BadDescription)?;
+            let offer = sent.unwrap_or(offer.sdp);
+            super::answer::check_answer(&offer, &sdp).map_err(RtcError::BadDescription)?;
             let answer = RTCSessionDescription::answer(sdp)
                 .map_err(|e| RtcError::BadDescription(e.to_string()))?;
             pc.set_remote_description(answer)

@@ -34,6 +34,14 @@ pub struct PublishRequest {
     pub source: TrackSource,
     #[serde(default)]
     pub muted: bool,
+    /// Video only: publish simulcast layers (rids `q`, `h`, `f`, smallest first); the offer
+    /// then asks for them on this track's m-line. Ignored for audio.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub simulcast: bool,
+}
+
+fn default_visible() -> bool {
+    true
 }
 
 fn default_source() -> TrackSource {
@@ -62,6 +70,15 @@ pub enum ClientMessage {
         track_id: TrackId,
         muted: bool,
     },
+    /// How the client shows a track it receives (adaptive stream): hidden tracks get no video,
+    /// shown ones the smallest simulcast layer that looks sharp at `height` device pixels.
+    TrackView {
+        track_id: TrackId,
+        #[serde(default = "default_visible")]
+        visible: bool,
+        #[serde(default)]
+        height: Option<u16>,
+    },
     Answer {
         sdp: String,
     },
@@ -87,6 +104,7 @@ impl ClientMessage {
             ClientMessage::Publish { .. } => "publish",
             ClientMessage::Unpublish { .. } => "unpublish",
             ClientMessage::Mute { .. } => "mute",
+            ClientMessage::TrackView { .. } => "track-view",
             ClientMessage::Answer { .. } => "answer",
             ClientMessage::Candidate { .. } => "candidate",
             ClientMessage::Chat { .. } => "chat",
@@ -168,6 +186,12 @@ pub enum ServerMessage {
         participant_id: ParticipantId,
         track_id: TrackId,
         muted: bool,
+    },
+    /// Dynacast: of the client's own simulcast track, send only these layers (rids); the
+    /// others nobody receives. Empty: nobody receives the track at all.
+    TrackLayers {
+        track_id: TrackId,
+        rids: Vec<String>,
     },
     Chat {
         from: ParticipantId,
@@ -312,6 +336,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "publish",
     "unpublish",
     "mute",
+    "track-view",
     "answer",
     "candidate",
     "chat",

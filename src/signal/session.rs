@@ -238,6 +238,10 @@ struct Publication {
     /// The codec the slot's media arrives in, once its ingest runs (from an earlier
     /// publication, when the slot is reused).
     ingest_codec: Option<CodecSpec>,
+    /// The slot asks for simulcast layers.
+    simulcast: bool,
+    /// The layers whose ingest runs, one bit each (ingest outlives a publication on its slot).
+    ingesting_layers: u8,
     started: bool,
     /// Since when this track is expected to carry media: it started, or was unmuted.
     live_since: Option<Instant>,
@@ -246,9 +250,11 @@ struct Publication {
 /// A receiving transceiver between two publications.
 struct IdleIncoming {
     kind: MediaKind,
+    simulcast: bool,
     slot: IncomingSlot,
     ingest_to: TrackTarget,
     ingest_codec: Option<CodecSpec>,
+    ingesting_layers: u8,
 }
 
 struct Subscribed {
@@ -514,9 +520,11 @@ impl Session {
                 j.peer.stop_incoming(&p.slot).await;
                 j.idle_incoming.push(IdleIncoming {
                     kind: p.kind,
+                    simulcast: p.simulcast,
                     slot: p.slot,
                     ingest_to: p.ingest_to,
                     ingest_codec: p.ingest_codec,
+                    ingesting_layers: p.ingesting_layers,
                 });
                 j.negotiation.mark_dirty();
                 if p.started {
@@ -540,6 +548,22 @@ impl Session {
                         participant: j.id,
                         track: track_id,
                         muted,
+                    })
+                    .await;
+                }
+            }
+            ClientMessage::TrackView {
+                track_id,
+                visible,
+                height,
+            } => {
+                // A view of a track that has just gone is a race, not an error: ignored.
+                if j.subscriptions.contains_key(&track_id) {
+                    j.tell_room(RoomCommand::TrackView {
+                        subscriber: j.id,
+                        track: track_id,
+                        visible,
+                        height,
                     })
                     .await;
                 }
@@ -923,22 +947,31 @@ impl Joined {
         state: &AppState,
     ) -> Result<(), ClientError> {
         for r in requests {
-            let idle = self.idle_incoming.iter().position(|i| i.kind == r.kind);
-            let (slot, ingest_to, ingest_codec) = match idle {
+            let simulcast = r.simulcast && r.kind == MediaKind::Video;
+            let idle = self
+                .idle_incoming
+                .iter()
+                .position(|i| i.kind == r.kind && i.simulcast == simulcast);
+            let (slot, ingest_to, ingest_codec, ingesting_layers) = match idle {
                 Some(i) => {
                     let idle = self.idle_incoming.swap_remove(i);
                     self.peer.reuse_incoming(&idle.slot).await.map_err(|e| {
                         warn!(parent: &self.span, error = %e, "cannot reuse a receiving transceiver");
                         ClientError::new(ErrorCode::Internal, "the server could not add the track")
                     })?;
-                    (idle.slot, idle.ingest_to, idle.ingest_codec)
+                    (
+                        idle.slot,
+                        idle.ingest_to,
+                        idle.ingest_codec,
+                        idle.ingesting_layers,
+                    )
                 }
                 None => {
-                    let slot = self.peer.add_incoming(r.kind).await.map_err(|e| {
+                    let slot = self.peer.add_incoming(r.kind, simulcast).await.map_err(|e| {
                         warn!(parent: &self.span, error = %e, "cannot add a receiving transceiver");
                         ClientError::new(ErrorCode::Internal, "the server could not add the track")
                     })?;
-                    (slot, TrackTarget::default(), None)
+                    (slot, TrackTarget::default(), None, 0)
                 }
             };
             let track_id = state.ids.track();
@@ -953,6 +986,8 @@ impl Joined {
                     slot,
                     ingest_to,
                     ingest_codec,
+                    simulcast,
+                    ingesting_layers,
                     started: false,
                     live_since: None,
                 },
@@ -963,18 +998,21 @@ impl Joined {
     }
 
     async fn start_publication(&mut self, incoming: IncomingTrack, state: &AppState) {
-        let Some((&track_id, p)) = self
-            .publications
-            .iter_mut()
-            .find(|(_, p)| !p.started && p.slot.mid().as_deref() == Some(incoming.mid.as_str()))
-        else {
+        let layer_bit = 1u8 << incoming.layer.min(7);
+        let Some((&track_id, p)) = self.publications.iter_mut().find(|(_, p)| {
+            p.ingesting_layers & layer_bit == 0
+                && p.slot.mid().as_deref() == Some(incoming.mid.as_str())
+        }) else {
             debug!(parent: &self.span, mid = %incoming.mid, "media on a transceiver nobody published on");
             return;
         };
-        if incoming.kind != p.kind {
+        if incoming.kind != p.kind || (incoming.layer > 0 && !p.simulcast) {
             return;
         }
+        let first_layer = p.ingesting_layers == 0;
+        p.ingesting_layers |= layer_bit;
         p.ingest_codec = Some(incoming.codec.clone());
+        let layer = incoming.layer;
         let target = p.ingest_to.clone();
         let (events, mid) = (self.peer_events_tx.clone(), incoming.mid.clone());
         let media = self.room.media.clone();
@@ -998,6 +1036,7 @@ impl Joined {
                 match media.try_send(IngestPacket {
                     track,
                     kind,
+                    layer,
                     packet,
                     received_at: std::time::Instant::now(),
                 }) {
@@ -1014,7 +1053,9 @@ impl Joined {
                 state.metrics.task("ingest_rtcp"),
             ),
         );
-        self.announce_publication(track_id).await;
+        if first_layer {
+            self.announce_publication(track_id).await;
+        }
     }
 
     /// Media came back on a reused receiving transceiver, for the publication it now carries.

@@ -99,7 +99,7 @@ export class Call extends Emitter {
     const list = [];
     const { mic, cam, screen } = this.local;
     if (mic.track) list.push({ cid: mic.cid, kind: "audio", source: "microphone", muted: mic.muted });
-    if (cam.available) list.push({ cid: cam.cid, kind: "video", source: "camera", muted: cam.muted });
+    if (cam.available) list.push({ cid: cam.cid, kind: "video", source: "camera", muted: cam.muted, simulcast: true });
     if (screen) list.push({ cid: screen.cid, kind: "video", source: "screen", muted: false });
     return list;
   }
@@ -529,7 +529,7 @@ export class Call extends Emitter {
         await conn.replaceTrack(cam.cid, track);
         this.announce(cam.cid, false);
       } else {
-        conn.publish([{ cid: cam.cid, kind: "video", source: "camera", muted: false }]);
+        conn.publish([{ cid: cam.cid, kind: "video", source: "camera", muted: false, simulcast: true }]);
         conn.requested.add(cam.cid);
         conn.announcedMuted.set(cam.cid, false);
       }
@@ -618,6 +618,21 @@ export class Call extends Emitter {
   }
 
   // ---- chat ---------------------------------------------------------------------------
+
+  /**
+   * Tells the server how a received video track is shown (adaptive stream): hidden tiles get
+   * no video, visible ones the smallest layer that is sharp at `height` device pixels.
+   * Sent only when it changes.
+   */
+  setTrackView(trackId, visible, height) {
+    const conn = this.conn;
+    if (!conn || !trackId) return;
+    conn.views ??= new Map();
+    const rounded = visible ? Math.max(1, Math.round(height / 10) * 10) : 0;
+    if (conn.views.get(trackId) === rounded) return;
+    conn.views.set(trackId, rounded);
+    conn.send({ type: "track-view", track_id: trackId, visible, ...(visible ? { height: rounded } : {}) });
+  }
 
   sendChat(text) {
     if (!this.conn?.joined || this.conn.closed) return false;

@@ -52,6 +52,18 @@ export class CallView {
     this.audioBlocked = false;
     this.lastChatFrom = null;
     this.lastChatAt = 0;
+    // Adaptive stream: the server sends each remote video at the size its tile is shown, and
+    // nothing to tiles out of view.
+    this.tileVisible = new WeakMap(); // tile -> in view (once the observer has said)
+    this.viewObserver = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        this.tileVisible.set(e.target, e.isIntersecting);
+        this.reportView(e.target);
+      }
+    });
+    this.sizeObserver = new ResizeObserver((entries) => {
+      for (const e of entries) this.reportView(e.target);
+    });
 
     for (const el of document.querySelectorAll("#call [data-logo]")) el.innerHTML = logo(24);
     $("#btn-mic").addEventListener("click", () => this.toggleMic());
@@ -208,6 +220,8 @@ export class CallView {
       if (!keep.has(key)) {
         const video = tile.querySelector("video");
         video.srcObject = null;
+        this.viewObserver.unobserve(tile);
+        this.sizeObserver.unobserve(tile);
         tile.remove();
         this.tiles.delete(key);
       }
@@ -245,6 +259,11 @@ export class CallView {
       if (d.video) video.play().catch(() => {});
     }
     tile.dataset.pid = d.pid;
+    const viewTrack = d.self ? null : (d.camTrackId ?? d.trackId ?? null);
+    if (tile._viewTrack !== viewTrack) {
+      tile._viewTrack = viewTrack;
+      this.reportView(tile);
+    }
     tile.classList.toggle("cam-off", !d.video);
     tile.classList.toggle("is-muted", !!d.micMuted);
     tile.classList.toggle("no-mic", !!d.noMic);
@@ -293,7 +312,19 @@ export class CallView {
     video.addEventListener("resize", framesArrived);
     video.addEventListener("playing", framesArrived);
     tile.addEventListener("dblclick", () => this.toggleFullscreen(tile));
+    if (!d.self) {
+      this.viewObserver.observe(tile);
+      this.sizeObserver.observe(tile);
+    }
     return tile;
+  }
+
+  /** Tells the server how this tile's video is shown (see Call.setTrackView). */
+  reportView(tile) {
+    if (!tile._viewTrack || !this.call || !this.tileVisible.has(tile)) return;
+    const visible = this.tileVisible.get(tile) && tile.isConnected;
+    const height = tile.clientHeight * (window.devicePixelRatio || 1);
+    this.call.setTrackView(tile._viewTrack, visible, height);
   }
 
   toggleFullscreen(tile) {

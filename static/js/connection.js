@@ -16,6 +16,13 @@ import { Emitter } from "./util.js";
 export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 10_000;
 
+/** Simulcast layers as the server's rids name them: quarter, half and full resolution. */
+const SIMULCAST_LAYERS = {
+  q: { scaleResolutionDownBy: 4, maxBitrate: 150_000, maxFramerate: 15 },
+  h: { scaleResolutionDownBy: 2, maxBitrate: 500_000, maxFramerate: 30 },
+  f: { scaleResolutionDownBy: 1, maxBitrate: 1_500_000, maxFramerate: 30 },
+};
+
 export class Connection extends Emitter {
   /**
    * @param {object} opts
@@ -113,6 +120,9 @@ export class Connection extends Emitter {
           }
         }
         break;
+      case "track-layers":
+        await this.setActiveLayers(msg.track_id, msg.rids ?? []);
+        break;
       case "pong": {
         const sentAt = this.pingSent.get(msg.id);
         if (sentAt !== undefined) {
@@ -186,9 +196,65 @@ export class Connection extends Emitter {
     const answer = await this.pc.createAnswer();
     await this.pc.setLocalDescription(answer);
     if (this.closed) return;
+    for (const binding of this.sendByCid.values()) {
+      const transceiver = this.pc.getTransceivers().find((t) => t.mid === binding.mid);
+      if (transceiver) await this.configureLayers(transceiver.sender);
+    }
     this.send({ type: "answer", sdp: this.pc.localDescription.sdp });
     this.stats.answers++;
     this.emit("offer-applied", { recv: [...this.recvByMid.values()], send: [...this.sendByCid.values()] });
+  }
+
+  /**
+   * Sizes and bitrates of simulcast layers, by the rids the server offers (smallest first).
+   * Without this the browser picks its own ladder, which differs between versions.
+   */
+  async configureLayers(sender) {
+    const params = sender.getParameters();
+    const encodings = params.encodings ?? [];
+    if (encodings.length < 2 || sender.plazaLayersSet) return;
+    let changed = false;
+    for (const e of encodings) {
+      const layer = SIMULCAST_LAYERS[e.rid];
+      if (!layer) continue;
+      Object.assign(e, layer);
+      changed = true;
+    }
+    if (!changed) return;
+    try {
+      await sender.setParameters(params);
+      sender.plazaLayersSet = true;
+    } catch (err) {
+      console.warn("cannot configure simulcast layers", err);
+    }
+  }
+
+  /**
+   * Dynacast: encodes only the simulcast layers someone receives (the server says which), so
+   * that a camera nobody watches large costs neither upload nor CPU.
+   */
+  async setActiveLayers(trackId, rids) {
+    const binding = [...this.sendByCid.values()].find((b) => b.track_id === trackId);
+    const transceiver = binding && this.pc?.getTransceivers().find((t) => t.mid === binding.mid);
+    if (!transceiver) return;
+    const sender = transceiver.sender;
+    const params = sender.getParameters();
+    if ((params.encodings ?? []).length < 2) return;
+    let changed = false;
+    for (const e of params.encodings) {
+      const active = rids.includes(e.rid);
+      if (e.active !== active) {
+        e.active = active;
+        changed = true;
+      }
+    }
+    this.stats.activeLayers = rids.join(",");
+    if (!changed) return;
+    try {
+      await sender.setParameters(params);
+    } catch (err) {
+      console.warn("plaza: cannot pause or resume simulcast layers", err);
+    }
   }
 
   /** Announces that `transceiver` now carries the track `binding` names (once per binding). */

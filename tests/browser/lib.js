@@ -13,7 +13,7 @@ export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const ARTIFACTS = join(ROOT, "test-artifacts");
 mkdirSync(ARTIFACTS, { recursive: true });
 
-const PLAZA_BIN = process.env.PLAZA_BIN ?? join(ROOT, "target/release/plaza");
+const PLAZA_BIN = process.env.TEST_PLAZA_BIN ?? join(ROOT, "target/release/plaza");
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /** Starts target/release/plaza on a free port; resolves once /healthz answers. */
