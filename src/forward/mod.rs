@@ -9,10 +9,13 @@
 //! stream it cannot decode. A packet lost on the way out is repaired by NACK, not by a restart.
 
 pub mod codec;
+pub mod compact;
 pub mod history;
 pub mod ids;
 pub mod packet;
 pub mod rewrite;
+pub mod simulcast;
+pub mod vp8;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
