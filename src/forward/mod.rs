@@ -8,8 +8,10 @@
 //! to `AwaitingKeyframe` when the publisher switches to a new source, so a subscriber never gets a
 //! stream it cannot decode. A packet lost on the way out is repaired by NACK, not by a restart.
 
+pub mod allocator;
 pub mod codec;
 pub mod compact;
+pub mod dynacast;
 pub mod history;
 pub mod ids;
 pub mod packet;
