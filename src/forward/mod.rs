@@ -15,6 +15,7 @@ pub mod dynacast;
 pub mod history;
 pub mod ids;
 pub mod packet;
+pub mod repair;
 pub mod rewrite;
 pub mod simulcast;
 pub mod vp8;
