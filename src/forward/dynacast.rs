@@ -164,8 +164,8 @@ impl Dynacast {
         };
         let needed = t.needed(self.config.keep_lowest);
         let mut changed = false;
-        for i in 0..t.layer_count {
-            if needed[i] {
+        for (i, &is_needed) in needed.iter().enumerate().take(t.layer_count) {
+            if is_needed {
                 t.unneeded_since[i] = None;
                 if !t.enabled[i] {
                     t.enabled[i] = true;
