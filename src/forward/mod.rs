@@ -8,12 +8,16 @@
 //! to `AwaitingKeyframe` when the publisher switches to a new source, so a subscriber never gets a
 //! stream it cannot decode. A packet lost on the way out is repaired by NACK, not by a restart.
 
+pub mod allocator;
 pub mod codec;
 pub mod compact;
+pub mod dynacast;
 pub mod history;
 pub mod ids;
 pub mod packet;
+pub mod repair;
 pub mod rewrite;
+pub mod simulcast;
 pub mod vp8;
 
 use std::collections::{HashMap, VecDeque};
@@ -664,16 +668,15 @@ impl Router {
         self.producers
             .values()
             .flat_map(|p| {
-                p.layers.iter().enumerate().filter_map(|(i, l)| {
-                    (l.keyframe_request_owed || p.awaiting_keyframe_on(i as u8)).then(|| {
-                        Self::next_keyframe_request_at(
-                            &self.config,
-                            l,
-                            p.awaiting_keyframe_on(i as u8),
-                        )
-                        .unwrap_or_else(Instant::now)
+                p.layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, l)| l.keyframe_request_owed || p.awaiting_keyframe_on(*i as u8))
+                    .map(|(i, l)| {
+                        let waiting = p.awaiting_keyframe_on(i as u8);
+                        Self::next_keyframe_request_at(&self.config, l, waiting)
+                            .unwrap_or_else(Instant::now)
                     })
-                })
             })
             .min()
     }

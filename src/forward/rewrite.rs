@@ -24,6 +24,20 @@ pub struct Continuation {
     last_out: Option<LastOut>,
 }
 
+impl Continuation {
+    /// Where a stream ended: its last sequence number and timestamp, and when it was sent.
+    pub(crate) fn new(seq: u16, ts: u32, at: Instant) -> Self {
+        Self {
+            last_out: Some(LastOut { seq, ts, at }),
+        }
+    }
+
+    /// The last sequence number, timestamp and send time, when anything was sent.
+    pub(crate) fn last(&self) -> Option<(u16, u32, Instant)> {
+        self.last_out.map(|l| (l.seq, l.ts, l.at))
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct LastOut {
     seq: u16,
@@ -127,7 +141,7 @@ impl SeqTsRewriter {
     }
 }
 
-fn ticks_for(elapsed: Duration, clock_rate: u32) -> u32 {
+pub(crate) fn ticks_for(elapsed: Duration, clock_rate: u32) -> u32 {
     let ticks = elapsed.as_micros() * clock_rate as u128 / 1_000_000;
     ticks.min(u32::MAX as u128 / 2) as u32
 }
