@@ -27,6 +27,19 @@ export function signallingUrl() {
 const FATAL_JOIN_ERRORS = new Set(["invalid-message", "unsupported-version", "room-full", "too-many-rooms"]);
 
 /** Requests whose loss leaves the negotiation stuck: start over if the server drops one. */
+/**
+ * Publish the camera as three simulcast layers. Opt-in for now (`localStorage["plaza.simulcast"]
+ * = "1"`): until the server estimates each subscriber's bandwidth, a publisher whose own
+ * estimate starts low sends only its smallest layer for the first seconds of a call.
+ */
+const SIMULCAST = (() => {
+  try {
+    return localStorage.getItem("plaza.simulcast") === "1";
+  } catch {
+    return false;
+  }
+})();
+
 const VITAL_REQUESTS = new Set(["answer", "publish", "unpublish"]);
 
 export class Call extends Emitter {
@@ -99,7 +112,7 @@ export class Call extends Emitter {
     const list = [];
     const { mic, cam, screen } = this.local;
     if (mic.track) list.push({ cid: mic.cid, kind: "audio", source: "microphone", muted: mic.muted });
-    if (cam.available) list.push({ cid: cam.cid, kind: "video", source: "camera", muted: cam.muted, simulcast: true });
+    if (cam.available) list.push({ cid: cam.cid, kind: "video", source: "camera", muted: cam.muted, simulcast: SIMULCAST });
     if (screen) list.push({ cid: screen.cid, kind: "video", source: "screen", muted: false });
     return list;
   }
@@ -529,7 +542,7 @@ export class Call extends Emitter {
         await conn.replaceTrack(cam.cid, track);
         this.announce(cam.cid, false);
       } else {
-        conn.publish([{ cid: cam.cid, kind: "video", source: "camera", muted: false, simulcast: true }]);
+        conn.publish([{ cid: cam.cid, kind: "video", source: "camera", muted: false, simulcast: SIMULCAST }]);
         conn.requested.add(cam.cid);
         conn.announcedMuted.set(cam.cid, false);
       }
